@@ -1,0 +1,336 @@
+"""The training engine: ``jbp.fit`` runs each epoch as one compiled XLA program.
+
+One epoch, entirely on the device::
+
+    key, sub = split(state.key)                  # the state's own RNG: resumable
+    perm = permutation(sub, n)                   # shuffle on the device
+    X, Y, mask = gather(perm) → (batches, B, …)  # one gather; each mini-batch is then a slice
+    lax.scan over batches:                       # no Python in the inner loop
+        loss, g = backward(params, Xb, Yb, maskb)     # manual BP1–BP4, or jax.grad
+        updates, opt_state = optimizer.update(g, opt_state, params)
+        params = params + updates
+    test loss and accuracy                       # evaluated in the same program
+
+Every regime of the seed is a batch size: ``None`` (the whole set: batch gradient descent),
+``1`` (stochastic gradient descent), or anything in between (mini-batch). A last batch that
+does not fill up is padded and masked, so every example counts exactly once per epoch and
+every batch size shares one compiled step. The host is visited once per epoch, to log.
+
+Divergence is never silent: a non-finite loss or gradient freezes the parameters at their
+last finite value inside the scan and :class:`DivergenceError` names the epoch and step.
+"""
+
+import hashlib
+import math
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jbp import optim
+
+
+class TrainState(NamedTuple):
+    """Everything needed to resume a run exactly.
+
+    Attributes:
+      params: the network's parameters.
+      opt_state: the optimizer's state (with its int32 step ``count``).
+      step: int32, optimizer steps taken.
+      epoch: int32, epochs completed.
+      key: uint32 raw PRNG key data (``jax.random.key_data``) for the next epoch's shuffle.
+    """
+
+    params: object
+    opt_state: object
+    step: jax.Array
+    epoch: jax.Array
+    key: jax.Array
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss or gradient."""
+
+    def __init__(self, epoch, step, state):
+        self.epoch, self.step, self.state = epoch, step, state
+        super().__init__(
+            f"training diverged: non-finite loss or gradient at epoch {epoch}, step {step} "
+            f"(step {step} overall); the parameters were kept at their last finite values — "
+            f"try a smaller learning rate"
+        )
+
+
+BACKWARDS = ("manual", "autodiff")
+
+
+def params_sha256(params):
+    """SHA-256 of the parameters' bytes, leaves in tree order: equal hashes ⇔ equal bits."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()
+
+
+def _as_key_data(key):
+    if jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key)
+    return jnp.asarray(key, jnp.uint32)
+
+
+def init_state(net, optimizer, key, dtype=jnp.float32):
+    """A fresh :class:`TrainState`: parameters from ``key``, shuffling from a split of it."""
+    k_init, k_data = jax.random.split(jax.random.wrap_key_data(_as_key_data(key)))
+    params = net.init(k_init, dtype)
+    return TrainState(
+        params=params,
+        opt_state=optimizer.init(params),
+        step=jnp.asarray(0, jnp.int32),
+        epoch=jnp.asarray(0, jnp.int32),
+        key=jax.random.key_data(k_data),
+    )
+
+
+def grad_fn(net, backward):
+    """``(params, x, y, mask) -> (loss, grads)`` by the manual backward or by ``jax.grad``."""
+    if backward == "manual":
+        return net.loss_and_grad
+    if backward == "autodiff":
+        return jax.value_and_grad(net.loss)
+    raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, got backward={backward!r}")
+
+
+def _all_finite(tree):
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def _lr_or_nan(opt_state):
+    try:
+        return jnp.asarray(optim.current_lr(opt_state), jnp.float32)
+    except ValueError:
+        return jnp.asarray(jnp.nan, jnp.float32)
+
+
+def batch_layout(n, batch_size):
+    """``(batches, B)`` for n examples: B = n for batch GD, ceil(n / B) batches."""
+    b = n if batch_size is None else min(int(batch_size), n)
+    return math.ceil(n / b), b
+
+
+def shuffled_batches(key, x, y, batch_size):
+    """Permute on the device, pad to whole batches and reshape: ``(xb, yb, mask)``.
+
+    After this single gather every mini-batch is a contiguous slice ``xb[i]``.
+    """
+    n = x.shape[0]
+    nb, b = batch_layout(n, batch_size)
+    perm = jax.random.permutation(key, n)
+    pad = nb * b - n
+    idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])
+    mask = jnp.concatenate([jnp.ones((n,), x.dtype), jnp.zeros((pad,), x.dtype)])
+    xb = x[idx].reshape((nb, b) + x.shape[1:])
+    yb = y[idx].reshape((nb, b) + y.shape[1:])
+    return xb, yb, mask.reshape(nb, b)
+
+
+def make_epoch(net, optimizer, batch_size, *, backward="manual", step_grad=None):
+    """Build ``epoch(state, x, y, x_test, y_test) -> (state, metrics)`` (not yet jitted).
+
+    ``step_grad`` overrides the gradient function (the parallel module passes a sharded one).
+    """
+    g = step_grad or grad_fn(net, backward)
+
+    def train_step(carry, batch):
+        params, opt_state, bad_step, step = carry
+        xb, yb, mb = batch
+        loss, grads = g(params, xb, yb, mb)
+        updates, new_opt = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        ok = jnp.isfinite(loss) & _all_finite(grads) & (bad_step < 0)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        params, opt_state = keep(new_params, params), keep(new_opt, opt_state)
+        bad_step = jnp.where((bad_step < 0) & ~ok, step, bad_step)
+        n = jnp.sum(mb)
+        return (params, opt_state, bad_step, step + 1), (loss * n, n)
+
+    def epoch(state, x, y, x_test, y_test):
+        key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
+        xb, yb, mb = shuffled_batches(sub, x, y, batch_size)
+        carry = (state.params, state.opt_state, jnp.asarray(-1, jnp.int32), state.step)
+        (params, opt_state, bad_step, step), (wloss, n) = jax.lax.scan(
+            train_step, carry, (xb, yb, mb)
+        )
+        metrics = {
+            "train_loss": jnp.sum(wloss) / jnp.sum(n),
+            "test_loss": net.loss(params, x_test, y_test),
+            "test_accuracy": net.accuracy(params, x_test, y_test),
+            "lr": _lr_or_nan(opt_state),
+            "bad_step": bad_step,
+        }
+        new_state = TrainState(params, opt_state, step, state.epoch + 1, jax.random.key_data(key))
+        return new_state, metrics
+
+    return epoch
+
+
+def check_fit_args(net, data, batch_size, epochs, backward):
+    """Validate ``fit``'s arguments outside ``jit``; raise ``ValueError`` naming the problem."""
+    if backward not in BACKWARDS:
+        raise ValueError(
+            f"backward must be one of {', '.join(BACKWARDS)}, got backward={backward!r}"
+        )
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
+        raise ValueError(
+            f"batch_size must be a positive integer or None (the whole set), got {batch_size!r}"
+        )
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got epochs={epochs!r}")
+    for split, x, y in (("train", data[0], data[1]), ("test", data[2], data[3])):
+        if np.ndim(x) != 2 or np.shape(x)[1] != net.sizes[0]:
+            raise ValueError(
+                f"the {split} inputs have shape {np.shape(x)} but the network's input width is "
+                f"{net.sizes[0]} (sizes={net.sizes})"
+            )
+        if np.shape(x)[0] == 0:
+            raise ValueError(f"the {split} split is empty")
+        net.targets(np.asarray(y), np.shape(x)[0], jnp.float32)  # shape and label range
+
+
+def fit(
+    net,
+    optimizer,
+    data,
+    *,
+    batch_size=64,
+    epochs=10,
+    key=None,
+    backward="manual",
+    state=None,
+    dtype=jnp.float32,
+    patience=None,
+    callback=None,
+    progress=False,
+    epoch_fn=None,
+):
+    """Train ``net`` on ``data``; return ``(state, history)``.
+
+    Args:
+      net: a ``jbp.MLP``.
+      optimizer: an ``optax.GradientTransformation`` (e.g. ``jbp.optim.adam(1e-3)``).
+      data: a ``jbp.data.Dataset(x_train, y_train, x_test, y_test)``.
+      batch_size: ``None`` = batch gradient descent, ``1`` = stochastic, else mini-batch.
+      epochs: the epoch to train *up to*: resuming a state at epoch 3 with ``epochs=6`` runs
+        three more, and gives the same parameters as one run of six.
+      key: a PRNG key (``jax.random.key(0)``) for the initial parameters and the shuffles.
+      backward: ``"manual"`` (BP1–BP4 by hand) or ``"autodiff"`` (``jax.grad``).
+      state: a :class:`TrainState` to continue from instead of a fresh one.
+      dtype: parameter and data dtype for a fresh state.
+      patience: stop when the test loss has not improved for this many epochs; the best
+        parameters are returned.
+      callback: ``callback(state, record) -> bool``, called after every epoch on the host;
+        returning True stops training after that epoch.
+      progress: show a progress bar over epochs (on a terminal).
+      epoch_fn: a pre-built epoch program (the parallel module passes a sharded one).
+
+    Returns:
+      ``(state, history)``: the final :class:`TrainState` and one dict per epoch with
+      ``epoch``, ``step``, ``train_loss`` (mean of the epoch's mini-batch losses),
+      ``test_loss``, ``test_accuracy``, ``lr`` (of the epoch's last step) and ``seconds``.
+
+    Raises:
+      ValueError: bad arguments or data that does not fit the network.
+      DivergenceError: a non-finite loss or gradient (``err.state`` holds the last good one).
+    """
+    check_fit_args(net, data, batch_size, epochs, backward)
+    if patience is not None and (not isinstance(patience, (int, np.integer)) or patience < 1):
+        raise ValueError(f"patience must be a positive integer, got patience={patience!r}")
+    if state is None:
+        if key is None:
+            raise ValueError("fit needs key= (e.g. jax.random.key(0)) or a state= to resume")
+        state = init_state(net, optimizer, key, dtype)
+    else:
+        net.check_params(state.params)
+    dt = jax.tree.leaves(state.params)[0].dtype
+    x, y, x_test, y_test = _device_data(data, dt)
+    if epoch_fn is None:
+        epoch_fn = jax.jit(make_epoch(net, optimizer, batch_size, backward=backward))
+    history = []
+    best = (math.inf, state.params, 0)
+    start = int(state.epoch)
+    bar = _progress_bar(start, epochs) if progress else None
+    try:
+        for _ in range(start, epochs):
+            t0 = time.perf_counter()
+            new_state, metrics = epoch_fn(state, x, y, x_test, y_test)
+            metrics = jax.device_get(metrics)  # the one host round trip of the epoch
+            seconds = time.perf_counter() - t0
+            if int(metrics["bad_step"]) >= 0:
+                raise DivergenceError(int(new_state.epoch), int(metrics["bad_step"]) + 1, new_state)
+            state = new_state
+            record = {
+                "epoch": int(state.epoch),
+                "step": int(state.step),
+                "train_loss": float(metrics["train_loss"]),
+                "test_loss": float(metrics["test_loss"]),
+                "test_accuracy": float(metrics["test_accuracy"]),
+                "lr": None if np.isnan(metrics["lr"]) else float(metrics["lr"]),
+                "seconds": seconds,
+            }
+            history.append(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{record['train_loss']:.4f}", acc=f"{record['test_accuracy']:.4f}"
+                )
+            stop = bool(callback(state, record)) if callback is not None else False
+            if patience is not None:
+                if record["test_loss"] < best[0]:
+                    best = (record["test_loss"], state.params, record["epoch"])
+                elif record["epoch"] - best[2] >= patience:
+                    state = state._replace(params=best[1])
+                    record["early_stopped"] = True
+                    record["best_epoch"] = best[2]
+                    break
+            if stop:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    return state, history
+
+
+def _device_data(data, dtype):
+    x, y, x_test, y_test = data
+
+    def y_dt(v):  # integer labels stay integers; real targets take the parameters' dtype
+        v = np.asarray(v)
+        return v if np.issubdtype(v.dtype, np.integer) else v.astype(dtype)
+
+    return (
+        jnp.asarray(np.asarray(x), dtype),
+        jnp.asarray(y_dt(y)),
+        jnp.asarray(np.asarray(x_test), dtype),
+        jnp.asarray(y_dt(y_test)),
+    )
+
+
+def _progress_bar(start, total):
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=start,
+        unit="epoch",
+        disable=not sys.stderr.isatty(),
+        leave=False,
+        dynamic_ncols=True,
+    )
