@@ -4,9 +4,7 @@ Public names (see DESIGN.md): ``MLP``, ``per_example_grads``, ``gradcheck``, ``e
 ``fit``, ``TrainState``, and the modules ``optim``, ``schedules``, ``data``.
 """
 
-from jbp import activations, data, layers, losses, optim, schedules
-from jbp.ewma import ewma
-from jbp.gradcheck import gradcheck
+from jbp import activations, data, ewma, gradcheck, layers, losses, optim, parallel, schedules
 from jbp.mlp import MLP, per_example_grads
 from jbp.train import DivergenceError, TrainState, fit, params_sha256
 
@@ -23,6 +21,7 @@ __all__ = [
     "layers",
     "losses",
     "optim",
+    "parallel",
     "params_sha256",
     "per_example_grads",
     "schedules",
