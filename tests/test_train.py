@@ -1,0 +1,196 @@
+"""The training engine: batch regimes, masking, manual ≡ autodiff, determinism, divergence."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jbp
+from jbp import train
+from jbp.data import DataError, Dataset
+
+
+@pytest.fixture(scope="module")
+def small():
+    ds = jbp.data.load("digits")
+    return Dataset(ds.x_train[:203], ds.y_train[:203], ds.x_test[:100], ds.y_test[:100])
+
+
+NET = jbp.MLP((64, 16, 10), "tanh", "softmax", "cross_entropy")
+
+
+@pytest.mark.parametrize("batch_size", [1, 37, 64, None])
+def test_every_batch_regime_lowers_the_loss(small, batch_size):
+    opt = jbp.optim.sgd(0.05 if batch_size == 1 else 0.5)
+    state, hist = jbp.fit(
+        NET, opt, small, batch_size=batch_size, epochs=3, key=jax.random.key(0), dtype=jnp.float64
+    )
+    nb = 1 if batch_size is None else -(-203 // batch_size)
+    assert int(state.step) == 3 * nb and int(state.epoch) == 3
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert hist[-1]["test_loss"] < float(NET.loss(NET.init(jax.random.key(0)), small[2], small[3]))
+    assert set(hist[0]) >= {
+        "epoch",
+        "step",
+        "train_loss",
+        "test_loss",
+        "test_accuracy",
+        "lr",
+        "seconds",
+    }
+
+
+def test_shuffled_batches_cover_every_example_once():
+    x = jnp.arange(10.0)[:, None]
+    y = jnp.arange(10)
+    xb, yb, mb = train.shuffled_batches(jax.random.key(3), x, y, 4)
+    assert xb.shape == (3, 4, 1) and mb.shape == (3, 4)
+    assert float(mb.sum()) == 10 and float(mb[-1].sum()) == 2
+    seen = np.asarray(yb)[np.asarray(mb) > 0]
+    assert sorted(seen.tolist()) == list(range(10))
+
+
+def test_masked_last_batch_gives_the_unpadded_gradient(small):
+    params = NET.init(jax.random.key(1), jnp.float64)
+    x, y = jnp.asarray(small[0][:203], jnp.float64), jnp.asarray(small[1][:203])
+    xb, yb, mb = train.shuffled_batches(jax.random.key(0), x, y, 64)
+    last = int(mb[-1].sum())
+    assert last == 203 - 3 * 64
+    _, g_masked = NET.loss_and_grad(params, xb[-1], yb[-1], mb[-1])
+    _, g_plain = NET.loss_and_grad(params, xb[-1][:last], yb[-1][:last])
+    for a, b in zip(jax.tree.leaves(g_masked), jax.tree.leaves(g_plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-16)
+
+
+def test_manual_and_autodiff_backward_give_the_same_parameters(small):
+    kw = dict(batch_size=37, epochs=1, key=jax.random.key(0), dtype=jnp.float64)
+    s1, _ = jbp.fit(NET, jbp.optim.adam(1e-2), small, backward="manual", **kw)
+    s2, _ = jbp.fit(NET, jbp.optim.adam(1e-2), small, backward="autodiff", **kw)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params), strict=True):
+        assert jbp.gradcheck.rel_diff(a, b) < 1e-10
+
+
+def test_same_seed_same_hash_other_seed_other_hash(small):
+    def run(seed):
+        s, _ = jbp.fit(
+            NET, jbp.optim.adam(1e-2), small, batch_size=50, epochs=2, key=jax.random.key(seed)
+        )
+        return jbp.params_sha256(s.params)
+
+    h0 = run(0)
+    assert h0 == run(0) and len(h0) == 64
+    assert h0 != run(1)
+
+
+def test_resuming_a_state_equals_one_run(small):
+    sched = jbp.schedules.exponential(0.1, 0.9, steps_per_epoch=6)
+    kw = dict(batch_size=37, key=jax.random.key(0))
+    full, hist_full = jbp.fit(NET, jbp.optim.momentum(sched), small, epochs=4, **kw)
+    half, _ = jbp.fit(NET, jbp.optim.momentum(sched), small, epochs=2, **kw)
+    rest, hist_rest = jbp.fit(NET, jbp.optim.momentum(sched), small, epochs=4, state=half, **kw)
+    assert jbp.params_sha256(full.params) == jbp.params_sha256(rest.params)
+    assert [h["epoch"] for h in hist_rest] == [3, 4]
+    assert hist_rest[-1]["lr"] == pytest.approx(hist_full[-1]["lr"])
+
+
+def test_lr_is_logged_from_the_schedule(small):
+    sched = jbp.schedules.staircase(0.1, 0.5, every_epochs=1, steps_per_epoch=4)
+    _, hist = jbp.fit(
+        NET, jbp.optim.sgd(sched), small, batch_size=64, epochs=3, key=jax.random.key(0)
+    )
+    # the lr of each epoch's last step: epochs 0, 1, 2 -> 0.1, 0.05, 0.025
+    assert [h["lr"] for h in hist] == pytest.approx([0.1, 0.05, 0.025])
+
+
+def test_divergence_is_never_silent(small):
+    with pytest.raises(
+        train.DivergenceError, match=r"epoch 1, step \d+.*smaller learning rate"
+    ) as e:
+        relu = jbp.MLP((64, 16, 10), "relu", "softmax", "cross_entropy")
+        jbp.fit(relu, jbp.optim.sgd(1e30), small, batch_size=16, epochs=2, key=jax.random.key(0))
+    assert jax.tree.all(
+        jax.tree.map(lambda a: bool(jnp.all(jnp.isfinite(a))), e.value.state.params)
+    )
+    assert e.value.step >= 1
+
+
+def test_early_stopping_keeps_the_best_parameters(small):
+    best = {}
+
+    def cb(state, rec):
+        if rec["epoch"] == 1 or rec["test_loss"] < best["loss"]:
+            best.update(loss=rec["test_loss"], sha=jbp.params_sha256(state.params))
+
+    # a huge lr makes the test loss bounce, so patience triggers early
+    state, hist = jbp.fit(
+        NET,
+        jbp.optim.sgd(3.0),
+        small,
+        batch_size=8,
+        epochs=40,
+        key=jax.random.key(0),
+        patience=2,
+        callback=cb,
+    )
+    assert hist[-1].get("early_stopped") and len(hist) < 40
+    assert jbp.params_sha256(state.params) == best["sha"]
+
+
+def test_callback_can_stop_training(small):
+    _, hist = jbp.fit(
+        NET,
+        jbp.optim.sgd(0.1),
+        small,
+        batch_size=64,
+        epochs=10,
+        key=jax.random.key(0),
+        callback=lambda s, r: r["epoch"] == 2,
+    )
+    assert len(hist) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(batch_size=0), "batch_size must be a positive integer or None"),
+        (dict(batch_size=2.5), "batch_size must be a positive integer"),
+        (dict(epochs=0), "epochs must be a positive integer, got epochs=0"),
+        (dict(backward="numeric"), "backward must be one of manual, autodiff"),
+        (dict(patience=0), "patience must be a positive integer"),
+    ],
+)
+def test_bad_arguments(small, kwargs, match):
+    args = dict(batch_size=64, epochs=1, key=jax.random.key(0))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        jbp.fit(NET, jbp.optim.sgd(0.1), small, **args)
+
+
+def test_data_that_does_not_fit_the_network(small):
+    net = jbp.MLP((32, 10, 10))
+    with pytest.raises(ValueError, match=r"train inputs have shape \(203, 64\).*input width is 32"):
+        jbp.fit(net, jbp.optim.sgd(0.1), small, epochs=1, key=jax.random.key(0))
+    net5 = jbp.MLP((64, 10, 5))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\]"):
+        jbp.fit(net5, jbp.optim.sgd(0.1), small, epochs=1, key=jax.random.key(0))
+
+
+def _fashion():
+    try:
+        return jbp.data.load("fashion-mnist")
+    except DataError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Fashion-MNIST must be installed in CI: {e}")
+        pytest.skip(str(e))
+
+
+def test_fashion_mnist_one_epoch_reaches_80_percent():
+    ds = _fashion()
+    net = jbp.MLP((784, 256, 10), "relu", "softmax", "cross_entropy")
+    _, hist = jbp.fit(
+        net, jbp.optim.adam(1e-3), ds, batch_size=128, epochs=1, key=jax.random.key(0)
+    )
+    assert hist[0]["test_accuracy"] >= 0.80
