@@ -4,7 +4,7 @@ Public names (see DESIGN.md): ``MLP``, ``per_example_grads``, ``gradcheck``, ``e
 ``fit``, ``TrainState``, and the modules ``optim``, ``schedules``, ``data``.
 """
 
-from jbp import activations, data, ewma, gradcheck, layers, losses, optim, parallel, schedules
+from jbp import activations, data, ewma, gradcheck, layers, losses, optim, schedules
 from jbp.mlp import MLP, per_example_grads
 from jbp.train import DivergenceError, TrainState, fit, params_sha256
 
