@@ -4,7 +4,18 @@ Public names (see DESIGN.md): ``MLP``, ``per_example_grads``, ``gradcheck``, ``e
 ``fit``, ``TrainState``, and the modules ``optim``, ``schedules``, ``data``.
 """
 
-from jbp import activations, data, ewma, gradcheck, layers, losses, optim, schedules
+from jbp import (
+    activations,
+    checkpoint,
+    data,
+    ewma,
+    gradcheck,
+    layers,
+    losses,
+    optim,
+    parallel,
+    schedules,
+)
 from jbp.mlp import MLP, per_example_grads
 from jbp.train import DivergenceError, TrainState, fit, params_sha256
 
@@ -14,6 +25,7 @@ __all__ = [
     "DivergenceError",
     "TrainState",
     "activations",
+    "checkpoint",
     "data",
     "ewma",
     "fit",
