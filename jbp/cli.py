@@ -363,7 +363,10 @@ def _train(args, stop):
                 ckpts.save(state, config=config)
                 last["saved"] = rec["epoch"]
         if not args.quiet:
-            print(_epoch_line(rec, epochs), flush=True)
+            from tqdm.auto import tqdm
+
+            tqdm.write(_epoch_line(rec, epochs), file=sys.stdout)  # above any progress bar
+            sys.stdout.flush()
         return stop.signum is not None
 
     try:

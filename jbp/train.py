@@ -139,14 +139,31 @@ def shuffled_batches(key, x, y, batch_size):
     return xb, yb, mask.reshape(nb, b)
 
 
-def make_epoch(net, optimizer, batch_size, *, backward="manual", step_grad=None, grad_norms=False):
+def make_epoch(
+    net,
+    optimizer,
+    batch_size,
+    *,
+    backward="manual",
+    step_grad=None,
+    grad_norms=False,
+    on_steps=None,
+):
     """Build ``epoch(state, x, y, x_test, y_test) -> (state, metrics)`` (not yet jitted).
 
     ``step_grad`` overrides the gradient function; ``grad_norms`` adds per-example
-    gradient-norm statistics (see :func:`make_epoch_on_batches`).
+    gradient-norm statistics (see :func:`make_epoch_on_batches`). ``on_steps=(fn, every)``
+    calls the host function ``fn(steps_done)`` every ``every`` steps from inside the
+    compiled epoch (``jax.debug.callback``): a progress bar for long epochs only, since each
+    call is a host round trip.
     """
     run = make_epoch_on_batches(
-        net, optimizer, backward=backward, step_grad=step_grad, grad_norms=grad_norms
+        net,
+        optimizer,
+        backward=backward,
+        step_grad=step_grad,
+        grad_norms=grad_norms,
+        on_steps=on_steps,
     )
 
     def epoch(state, x, y, x_test, y_test):
@@ -165,7 +182,14 @@ def _grad_norms(net, params, xb, yb):
 
 
 def make_epoch_on_batches(
-    net, optimizer, *, backward="manual", step_grad=None, axis_name=None, grad_norms=False
+    net,
+    optimizer,
+    *,
+    backward="manual",
+    step_grad=None,
+    axis_name=None,
+    grad_norms=False,
+    on_steps=None,
 ):
     """Build ``run(state, xb, yb, mb, x_test, y_test) -> (state, metrics)`` over given batches.
 
@@ -184,7 +208,7 @@ def make_epoch_on_batches(
 
     def train_step(carry, batch):
         params, opt_state, bad_step, step = carry
-        xb, yb, mb = batch
+        xb, yb, mb, i = batch
         loss, grads = g(params, xb, yb, mb)
         updates, new_opt = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
@@ -198,12 +222,18 @@ def make_epoch_on_batches(
             norm = _grad_norms(net, carry[0], xb, yb)
             m = mb.astype(norm.dtype)
             out += (jnp.sum(norm * m), jnp.sum(norm**2 * m), jnp.max(jnp.where(m > 0, norm, 0)))
+        if on_steps is not None:
+            fn, every = on_steps
+            jax.lax.cond(
+                (i + 1) % every == 0, lambda j: jax.debug.callback(fn, j), lambda j: None, i + 1
+            )
         return (params, opt_state, bad_step, step + 1), out
 
     def run(state, xb, yb, mb, x_test, y_test):
         key, _ = jax.random.split(jax.random.wrap_key_data(state.key))
         carry = (state.params, state.opt_state, jnp.asarray(-1, jnp.int32), state.step)
-        (params, opt_state, bad_step, step), out = jax.lax.scan(train_step, carry, (xb, yb, mb))
+        xs = (xb, yb, mb, jnp.arange(xb.shape[0], dtype=jnp.int32))
+        (params, opt_state, bad_step, step), out = jax.lax.scan(train_step, carry, xs)
         wloss, n = out[:2]
         metrics = {
             "train_loss": jnp.sum(wloss) / jnp.sum(n),
@@ -317,6 +347,7 @@ def fit(
         net.check_params(state.params)
     dt = jax.tree.leaves(state.params)[0].dtype
     x, y, x_test, y_test = _device_data(data, dt)
+    step_bar = None
     if epoch_fn is None:
         from jbp import parallel as par  # imported here: jbp.parallel builds on this module
 
@@ -326,8 +357,16 @@ def fit(
                 net, optimizer, batch_size, devices, parallel, backward, grad_norms
             )
         else:
+            step_bar, on_steps = _step_progress(progress, x.shape[0], batch_size)
             epoch_fn = jax.jit(
-                make_epoch(net, optimizer, batch_size, backward=backward, grad_norms=grad_norms)
+                make_epoch(
+                    net,
+                    optimizer,
+                    batch_size,
+                    backward=backward,
+                    grad_norms=grad_norms,
+                    on_steps=on_steps,
+                )
             )
     history = []
     best = (math.inf, state.params, 0)
@@ -336,6 +375,8 @@ def fit(
     try:
         for _ in range(start, epochs):
             t0 = time.perf_counter()
+            if step_bar is not None:
+                step_bar.reset()
             new_state, metrics = epoch_fn(state, x, y, x_test, y_test)
             metrics = jax.device_get(metrics)  # the one host round trip of the epoch
             seconds = time.perf_counter() - t0
@@ -374,6 +415,8 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
+        if step_bar is not None:
+            step_bar.close()
     return state, history
 
 
@@ -390,6 +433,28 @@ def _device_data(data, dtype):
         jnp.asarray(np.asarray(x_test), dtype),
         jnp.asarray(y_dt(y_test)),
     )
+
+
+#: an epoch with at least this many steps also gets a progress bar over its steps
+LONG_EPOCH_STEPS = 1000
+
+
+def _step_progress(progress, n, batch_size):
+    """``(bar, on_steps)`` for a bar over the steps of a long epoch on a terminal, else Nones."""
+    import sys
+
+    nb, _ = batch_layout(n, batch_size)
+    if not progress or nb < LONG_EPOCH_STEPS or not sys.stderr.isatty():
+        return None, None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=nb, unit="step", position=1, leave=False, dynamic_ncols=True)
+
+    def update(done):
+        bar.n = int(done)
+        bar.refresh()
+
+    return bar, (update, max(1, nb // 50))
 
 
 def _progress_bar(start, total):
