@@ -1,0 +1,78 @@
+"""Smoke test of ``jbp bench``: the table, JSON and chart have the promised structure.
+
+Benchmarks are not tests: nothing here asserts a speed. ``jbp bench`` runs in a subprocess
+(a fresh JAX in float32, as users run it, not the suite's float64 configuration).
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jbp import bench
+
+
+def _run_cli(*argv, timeout=240):
+    return subprocess.run(
+        [sys.executable, "-m", "jbp", "bench", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_workload_flops_count_weights_only():
+    w = bench.WORKLOADS["b"]
+    assert w.sizes == (784, 256, 256, 10) and w.batch == 128 and w.optimizer == "adam"
+    assert w.weights == 784 * 256 + 256 * 256 + 256 * 10
+
+
+def test_quick_bench_table_json_and_chart(tmp_path):
+    contenders = ["jbp-manual", "jax-scan", "numpy", "torch"]
+    r = _run_cli(
+        "--quick",
+        "--workloads",
+        "a,b",
+        "--contenders",
+        ",".join(contenders),
+        "--examples",
+        "256",
+        "--out",
+        str(tmp_path),
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["data"] in ("fashion-mnist", "random") and res["n_examples"] == 256
+    assert res["peak_gflops"] > 0 and res["dtype"] == "float32"
+    ran = [c for c in contenders if c not in res["skipped"]]
+    assert set(res["skipped"]) <= {"torch"}
+    assert list(res["workloads"]) == ["a", "b"]
+    for name, wl in res["workloads"].items():
+        w = bench.WORKLOADS[name]
+        assert wl["sizes"] == list(w.sizes) and wl["weights"] == w.weights
+        assert [r["contender"] for r in wl["results"]] == ran
+        for row in wl["results"]:
+            assert "error" not in row, row
+            eps = row["examples_per_s"]
+            assert eps > 0 and row["first_epoch_s"] > 0
+            assert row["gflops"] == pytest.approx(6 * w.weights * eps / 1e9)
+            assert row["pct_peak"] == pytest.approx(100 * row["gflops"] / res["peak_gflops"])
+        ref = wl["results"][0]
+        assert ref["vs_jbp"] == pytest.approx(1.0)
+        for row in wl["results"][1:]:
+            assert row["vs_jbp"] == pytest.approx(ref["examples_per_s"] / row["examples_per_s"])
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["workloads"].keys() == res["workloads"].keys()
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = bench.table(res)
+    for word in ("examples/s", "jbp×", "GFLOP/s", "% peak", *ran):
+        assert word in text
+
+
+def test_bad_workload_is_one_line_exit_2():
+    r = _run_cli("--workloads", "z", timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "--workloads" in r.stderr
+    assert "Traceback" not in r.stderr
