@@ -194,3 +194,48 @@ def test_fashion_mnist_one_epoch_reaches_80_percent():
         net, jbp.optim.adam(1e-3), ds, batch_size=128, epochs=1, key=jax.random.key(0)
     )
     assert hist[0]["test_accuracy"] >= 0.80
+
+
+@pytest.mark.parametrize("batch_size", [40, 64, 8])  # full batches, a ragged last one, tiny
+def test_fit_equals_a_python_loop_of_textbook_steps(small, batch_size, monkeypatch):
+    """w ← w − η·∂C/∂w over the engine's own shuffle: the compiled epoch is exactly that."""
+    data = Dataset(small[0][:200], small[1][:200], small[2], small[3])
+    kw = dict(batch_size=batch_size, epochs=2, key=jax.random.key(0), dtype=jnp.float64)
+    state, _ = jbp.fit(NET, jbp.optim.sgd(0.1), data, **kw)
+    # the other gather strategy (pre-gathered copy vs per-step gather) gives the same result
+    flip = 10**9 if batch_size >= train.GATHER_PER_STEP_FROM else 1
+    monkeypatch.setattr(train, "GATHER_PER_STEP_FROM", flip)
+    state2, _ = jbp.fit(NET, jbp.optim.sgd(0.1), data, **kw)
+    ref = train.init_state(NET, jbp.optim.sgd(0.1), jax.random.key(0), jnp.float64)
+    params, key = ref.params, ref.key
+    x, y = jnp.asarray(data[0], jnp.float64), jnp.asarray(data[1])
+    for _ in range(2):
+        key, sub = jax.random.split(jax.random.wrap_key_data(key))
+        key = jax.random.key_data(key)
+        idx, mask = train.shuffled_indices(sub, 200, batch_size, jnp.float64)
+        for bi, bm in zip(idx, mask, strict=True):
+            keep = np.asarray(bm) > 0
+            _, g = NET.loss_and_grad(params, x[bi][keep], y[bi][keep])
+            params = jax.tree.map(lambda w, d: w - 0.1 * d, params, g)
+    for a, b, c in zip(*map(jax.tree.leaves, (state.params, state2.params, params)), strict=True):
+        np.testing.assert_allclose(a, c, rtol=1e-11, atol=1e-13)
+        np.testing.assert_allclose(b, c, rtol=1e-11, atol=1e-13)
+
+
+def test_an_overflow_in_the_last_update_is_caught(small, monkeypatch):
+    """A weight gradient that overflows alone (finite loss and bias gradients) is caught at
+    the epoch's end: nothing non-finite is returned as the state."""
+    real = NET.loss_and_grad
+
+    def poisoned(params, x, y, mask=None):
+        loss, g = real(params, x, y, mask)
+        g[0]["W"] = g[0]["W"].at[0, 0].set(jnp.inf)
+        return loss, g
+
+    monkeypatch.setattr(NET.__class__, "loss_and_grad", lambda self, *a: poisoned(*a))
+    with pytest.raises(train.DivergenceError) as e:
+        jbp.fit(NET, jbp.optim.sgd(0.1), small, batch_size=None, epochs=1, key=jax.random.key(0))
+    assert e.value.epoch == 1
+    assert jax.tree.all(
+        jax.tree.map(lambda a: bool(jnp.all(jnp.isfinite(a))), e.value.state.params)
+    )
