@@ -46,7 +46,6 @@ Reference: orbax-checkpoint, ``CheckpointManager`` and its atomicity contract
 """
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -131,10 +130,9 @@ def _ocp():
 
 def state_sha256(state):
     """SHA-256 of every leaf's bytes in tree order (``params_sha256`` over the whole state)."""
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(state):
-        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-    return h.hexdigest()
+    from jbp.train import params_sha256  # it hashes any pytree
+
+    return params_sha256(state)
 
 
 def _key_name(k):
