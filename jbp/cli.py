@@ -543,6 +543,9 @@ def _resume_command(args):
     import shutil
 
     argv = [a for a in args.argv if a != "--resume"] + ["--resume"]
+    script = os.environ.get("JBP_TRAIN_SCRIPT")  # set by scripts/train: resume the same way
+    if script and argv and argv[0] == "train":
+        return f"{shlex.quote(script)} {shlex.join(argv[1:])}"
     prog = sys.argv[0] if sys.argv else ""
     if os.path.basename(prog) == "__main__.py":  # python -m jbp
         prog = f"{shlex.quote(sys.executable)} -m jbp"
