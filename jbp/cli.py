@@ -215,6 +215,18 @@ def build_parser():
 
 
 # ------------------------------------------------------------------------- train
+def _preset(args):
+    """The data set's defaults, and ``pick(name)``: the flag if given, else the default."""
+    preset = dict(GENERIC)
+    preset.update(PRESETS.get("idx" if args.data.startswith("idx:") else args.data, {}))
+
+    def pick(name):
+        value = getattr(args, name)
+        return value if value is not None else preset.get(name)
+
+    return preset, pick
+
+
 def resolve_train(args):
     """Turn parsed flags into ``(net, optimizer, data, batch_size, epochs, lr_label)``."""
     import jax.numpy as jnp
@@ -222,13 +234,7 @@ def resolve_train(args):
     from jbp import data as data_mod
     from jbp import mlp, optim, schedules
 
-    preset = dict(GENERIC)
-    preset.update(
-        PRESETS["idx" if args.data.startswith("idx:") else args.data]
-        if (args.data in PRESETS or args.data.startswith("idx:"))
-        else {}
-    )
-    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else preset.get(name)  # noqa: E731
+    preset, pick = _preset(args)
     ds = data_mod.load(args.data)
     n_in, n_out = data_mod.n_features(ds), data_mod.n_classes(ds)
     output, cost = pick("output"), pick("cost")
@@ -433,9 +439,7 @@ def _test(ds, dtype):
 # ------------------------------------------------------- checkpoints, resume, signals
 def _run_config(args, net, batch_size):
     """What a checkpoint records about its run; ``--resume`` must match all but ``epochs``."""
-    preset = dict(GENERIC)
-    preset.update(PRESETS.get("idx" if args.data.startswith("idx:") else args.data, {}))
-    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else preset.get(name)  # noqa: E731
+    preset, pick = _preset(args)
     hparams = ("beta", "beta1", "beta2", "eps", "bias_correction")
     sched = ("decay_rate", "time_interval", "base", "k", "factor", "every", "boundaries", "values")
     return {

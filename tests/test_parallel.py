@@ -69,8 +69,6 @@ def reference(data):
 @pytest.mark.parametrize("devices", [1, 2, 4])
 @pytest.mark.parametrize("dtype,tol", [(jnp.float64, 1e-10), (jnp.float32, 1e-5)])
 def test_devices_give_the_single_device_parameters(data, reference, mode, devices, dtype, tol):
-    if mode == "pmap" and devices == 1:
-        pytest.skip("one device is the same program for both mechanisms")
     ref_state, ref_hist = reference[dtype]
     state, hist = _fit(data, dtype, devices=devices, parallel=mode)
     assert _rel(_flat(state.params), _flat(ref_state.params)) < tol
