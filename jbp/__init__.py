@@ -1,27 +1,65 @@
 """jbp — JAX backprop: hand-written back-propagation and textbook optimizers, verified.
 
-Public names (see DESIGN.md): ``MLP``, ``per_example_grads``, ``gradcheck``, ``ewma``,
-``fit``, ``TrainState``, and the modules ``optim``, ``schedules``, ``data``.
+Public names: ``MLP``; layers with hand-written backward passes (``Dense``, ``Activation``,
+``Flatten``, ``layer``) and combinators (``Sequential``, ``Residual``, ``FanOut``,
+``Parallel``, ``FanInSum``, ``FanInConcat``, ``Autodiff``); ``Network`` (layers + a loss
+head, :mod:`jbp.heads`); ``check_layer`` / ``check_model``; ``per_example_grads``,
+``gradcheck``, ``ewma``; ``fit``, ``TrainState``; and the modules ``optim``, ``schedules``,
+``data``, ``adapters`` (plain JAX functions and Flax NNX modules as models).
 """
 
 from jbp import (
     activations,
     checkpoint,
+    combinators,
     data,
+    epoch,
     ewma,
     gradcheck,
+    heads,
     layers,
     losses,
+    model,
     optim,
     parallel,
     schedules,
 )
-from jbp.mlp import MLP, per_example_grads
+from jbp.combinators import (
+    Autodiff,
+    FanInConcat,
+    FanInSum,
+    FanOut,
+    Identity,
+    Parallel,
+    Residual,
+    Sequential,
+)
+from jbp.layers import Activation, Dense, Flatten, Layer, layer
+from jbp.mlp import MLP
+from jbp.model import Network, per_example_grads
 from jbp.train import DivergenceError, TrainState, fit, params_sha256
 
 __version__ = "0.1.0"
 __all__ = [
     "MLP",
+    "Activation",
+    "Autodiff",
+    "Dense",
+    "FanInConcat",
+    "FanInSum",
+    "FanOut",
+    "Flatten",
+    "Identity",
+    "Layer",
+    "Network",
+    "Parallel",
+    "Residual",
+    "Sequential",
+    "combinators",
+    "epoch",
+    "heads",
+    "layer",
+    "model",
     "DivergenceError",
     "TrainState",
     "activations",

@@ -345,7 +345,8 @@ def restore(path, like, *, config=None):
     try:
         with _quiet_orbax():
             tree_meta = handler.metadata(path / STATE)
-        stored = _leaf_table(tree_meta.tree if hasattr(tree_meta, "tree") else tree_meta)
+        tree_meta = tree_meta.tree if hasattr(tree_meta, "tree") else tree_meta
+        stored = _leaf_table(tree_meta)
     except Exception as e:
         raise CheckpointCorrupt(
             f"checkpoint {path} is unreadable (corrupt or truncated): {_reason(e)}"
@@ -357,9 +358,14 @@ def restore(path, like, *, config=None):
             f"checkpoint {path} does not fit this run: {'; '.join(diffs[:6])}"
             + (f" (and {len(diffs) - 6} more)" if len(diffs) > 6 else "")
         )
+    target, legacy = like, _is_legacy(tree_meta, like)
+    if legacy:  # saved before TrainState had model_state: read the five fields it has
+        target = _StateV1(*like[:5])
     try:
         with _quiet_orbax():
-            state = handler.restore(path / STATE, args=ocp.args.StandardRestore(like))
+            state = handler.restore(path / STATE, args=ocp.args.StandardRestore(target))
+        if legacy:
+            state = like._replace(**state._asdict())
     except Exception as e:
         raise CheckpointCorrupt(
             f"checkpoint {path} is unreadable (corrupt or truncated): {_reason(e)}"
@@ -373,6 +379,27 @@ def restore(path, like, *, config=None):
             f"{str(meta.get('state_sha256'))[:12]}… was recorded when it was saved"
         )
     return state
+
+
+class _StateV1(NamedTuple):
+    """The TrainState of checkpoints written before models could have state."""
+
+    params: object
+    opt_state: object
+    step: object
+    epoch: object
+    key: object
+
+
+def _is_legacy(tree_meta, like):
+    """A checkpoint without ``model_state``, restored into a state whose model_state is empty."""
+    return (
+        isinstance(tree_meta, dict)
+        and "model_state" not in tree_meta
+        and set(tree_meta) == set(_StateV1._fields)
+        and hasattr(like, "model_state")
+        and not jax.tree.leaves(like.model_state)
+    )
 
 
 # ------------------------------------------------------------------ a run's folder

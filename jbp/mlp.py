@@ -14,6 +14,10 @@ Backward, dZ-centred and vectorised over the mini-batch of m examples::
     BP3  dbˡ = 1/m · Σᵢ dZˡᵢ
     BP4  dWˡ = 1/m · Aˡ⁻¹ᵀ·dZˡ
 
+The network is a :class:`jbp.Network` in all but name: a :class:`jbp.Sequential` of
+:class:`jbp.Dense` layers (hidden activations fused into them) and a loss head that owns
+BP1, the mask and 1/m (:mod:`jbp.heads`), so the layers' backward passes are plain VJPs.
+
 ``net.loss`` is the plain forward computation (the reference that ``jax.grad`` differentiates);
 ``net.loss_and_grad`` is the hand-written backward; ``net.manual_loss`` is ``net.loss`` with a
 ``jax.custom_vjp`` whose backward *is* ``loss_and_grad``, so ``jax.grad`` of a jbp model runs
@@ -30,17 +34,20 @@ Specialization*, course 1 week 4 (dZ, dW = 1/m·dZ·Aᵀ, db = 1/m·Σ dZ).
 import dataclasses
 import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbp import activations, layers, losses
+from jbp import activations, heads, losses
+from jbp.combinators import Sequential
+from jbp.layers import INITIALIZERS as _RULES
+from jbp.layers import Dense
+from jbp.model import LayerModel, per_example_grads
 
-INITIALIZERS = ("auto", "he", "lecun", "glorot", "standard")
+INITIALIZERS = ("auto", *_RULES)
 
 
 @dataclasses.dataclass(frozen=True)
-class MLP:
+class MLP(LayerModel):
     """A fully connected network spec.
 
     Args:
@@ -142,22 +149,36 @@ class MLP:
         """How many integer labels the output accepts: n_out, or 2 for one sigmoid/identity unit."""
         return 2 if self.sizes[-1] == 1 else self.sizes[-1]
 
+    @functools.cached_property
+    def layer(self):
+        """The network as layers: ``Sequential(Dense(n₁, g₁), …, Dense(n_L))``, logits out.
+
+        ``"auto"`` initialisation resolves per layer in :class:`jbp.Dense`: He before relu,
+        LeCun otherwise (the output layer, whose activation is the head's, included).
+        """
+        acts = self.hidden_activations + (None,)
+        return Sequential(
+            *(
+                Dense(n, act, initializer=self.initializer)
+                for n, act in zip(self.sizes[1:], acts, strict=True)
+            )
+        )
+
+    @functools.cached_property
+    def head(self):
+        """The loss head: the output activation and the cost, with the fused BP1."""
+        return heads.Head(self.output, self.cost)
+
+    @property
+    def in_shape(self):
+        return (self.sizes[0],)
+
     def init(self, key, dtype=jnp.float32):
         """Random parameters: a list of ``{"W": (n_in, n_out), "b": (n_out,)}`` per layer."""
-        params = []
-        keys = jax.random.split(key, len(self.sizes) - 1)
-        for k, n_in, n_out, act in zip(
-            keys, self.sizes[:-1], self.sizes[1:], self.layer_activations, strict=True
-        ):
-            rule = self.initializer
-            if rule == "auto":
-                rule = "he" if act == "relu" else "lecun"
-            var = {"he": 2.0 / n_in, "lecun": 1.0 / n_in, "glorot": 2.0 / (n_in + n_out)}.get(
-                rule, 1.0
-            )
-            w = jax.random.normal(k, (n_in, n_out), dtype) * jnp.asarray(np.sqrt(var), dtype)
-            params.append({"W": w, "b": jnp.zeros((n_out,), dtype)})
-        return params
+        return self.layer.init(key, self.in_shape, dtype)[0]
+
+    def initialize(self, key, dtype=jnp.float32):
+        return self.init(key, dtype), self._abstract[1]
 
     # ------------------------------------------------------------------ checking
     def check_params(self, params):
@@ -189,145 +210,31 @@ class MLP:
         Integer labels become one-hot rows (or a single 0/1 column for one output unit).
         Label ranges are checked whenever ``y`` is concrete (not inside ``jit``).
         """
-        n_out = self.sizes[-1]
-        shape = jnp.shape(y)
-        if shape not in ((m,), (m, n_out)):
-            raise ValueError(
-                f"y must be integer labels of shape ({m},) or targets of shape ({m}, {n_out}), "
-                f"got {shape}"
-            )
-        integer = jnp.issubdtype(jnp.result_type(y), jnp.integer)
-        if len(shape) == 1 and integer:
-            if not isinstance(y, jax.core.Tracer) and m > 0:
-                lo, hi = int(np.min(np.asarray(y))), int(np.max(np.asarray(y)))
-                if lo < 0 or hi >= self.n_classes:
-                    raise ValueError(
-                        f"labels must be in [0, {self.n_classes - 1}] for {n_out} output "
-                        f"unit(s), got labels in [{lo}, {hi}]"
-                    )
-            if n_out == 1:
-                return jnp.asarray(y, dtype)[:, None]
-            return jax.nn.one_hot(y, n_out, dtype=dtype)
-        if len(shape) == 1:
-            if n_out != 1:
+        return heads.to_targets(y, m, self.sizes[-1], dtype)
+
+    def check_x(self, x, split="x"):
+        if np.ndim(x) != 2 or np.shape(x)[1] != self.sizes[0]:
+            if split == "x":
                 raise ValueError(
-                    f"real-valued y of shape {shape} needs 1 output unit, the network has {n_out}; "
-                    f"pass integer labels or targets of shape ({m}, {n_out})"
+                    f"x must have shape (batch, {self.sizes[0]}) for sizes={self.sizes}, "
+                    f"got {np.shape(x)}"
                 )
-            return jnp.asarray(y, dtype)[:, None]
-        return jnp.asarray(y, dtype)
+            raise ValueError(
+                f"{split} inputs have shape {np.shape(x)} but the network's input width is "
+                f"{self.sizes[0]} (sizes={self.sizes})"
+            )
 
-    # ------------------------------------------------------------------- forward
-    def _forward(self, params, x):
-        """Return the caches ``[(A_prev, Z, A)]`` of every layer."""
-        self._check_x(x)
-        a = jnp.asarray(x, params[0]["W"].dtype)
-        caches = []
-        for p, act in zip(params, self.layer_activations, strict=True):
-            fwd, _ = activations.ACTIVATIONS[act]
-            z = layers.dense_fwd(p, a)
-            caches.append((a, z, fwd(z)))
-            a = caches[-1][2]
-        return caches
+    _check_x = check_x
 
-    def apply(self, params, x):
-        """The network's output Aᴸ for a batch ``x`` of shape (batch, n_in)."""
-        return self._forward(params, x)[-1][2]
-
-    def _per_example(self, params, x, y):
-        caches = self._forward(params, x)
-        _, z, a = caches[-1]
-        t = self.targets(y, jnp.shape(x)[0], a.dtype)
-        return losses.COSTS[self.cost][0](z, a, t), caches, t
-
-    @staticmethod
-    def _reduce(per, mask):
-        if mask is None:
-            return jnp.mean(per), 1.0 / per.shape[0]
-        mask = jnp.asarray(mask, per.dtype)
-        inv_m = 1.0 / jnp.maximum(jnp.sum(mask), 1)
-        return jnp.sum(per * mask) * inv_m, inv_m
-
-    def loss(self, params, x, y, mask=None):
-        """C = 1/m Σᵢ C(Aᴸᵢ, Yᵢ), the mean per-example cost (masked rows excluded)."""
-        per, _, _ = self._per_example(params, x, y)
-        return self._reduce(per, mask)[0]
-
-    def accuracy(self, params, x, y, mask=None):
-        """Fraction of examples whose predicted class matches the label (argmax, or 0.5 cut)."""
-        a = self.apply(params, x)
-        t = self.targets(y, jnp.shape(x)[0], a.dtype)
-        if a.shape[-1] == 1:
-            hit = (a[:, 0] > 0.5) == (t[:, 0] > 0.5)
-        else:
-            hit = jnp.argmax(a, -1) == jnp.argmax(t, -1)
-        return self._reduce(hit.astype(a.dtype), mask)[0]
-
-    # ------------------------------------------------------------------ backward
-    def backward(self, params, x, y, mask=None):
-        """The hand-written backward: ``(loss, grads, dX)`` with dX = ∂loss/∂X.
-
-        Implements BP1–BP4 on the whole mini-batch (see the module docstring).
-        """
-        per, caches, t = self._per_example(params, x, y)
-        loss, inv_m = self._reduce(per, mask)
-        _, z, a = caches[-1]
-        cost, cost_bwd, fused, _ = losses.COSTS[self.cost]
-        if self.output in fused:  # BP1, fused: dZᴸ = Aᴸ − Y
-            dz = fused[self.output](z, a, t)
-        else:  # BP1: dZᴸ = ∇ₐC ⊙ g'(Zᴸ)
-            dz = activations.ACTIVATIONS[self.output][1](cost_bwd(z, a, t), z, a)
-        if mask is not None:
-            dz = dz * jnp.asarray(mask, dz.dtype)[:, None]
-        grads = [None] * len(params)
-        for l in reversed(range(len(params))):
-            a_prev = caches[l][0]
-            grads[l], da_prev = layers.dense_bwd(params[l], dz, a_prev, inv_m)  # BP3, BP4
-            if l > 0:  # BP2: dZˡ = (dZˡ⁺¹·Wˡ⁺¹ᵀ) ⊙ g'(Zˡ)
-                _, z_prev, _ = caches[l - 1]
-                act_bwd = activations.ACTIVATIONS[self.layer_activations[l - 1]][1]
-                dz = act_bwd(da_prev, z_prev, a_prev)
-        return loss, grads, da_prev * inv_m
-
-    def loss_and_grad(self, params, x, y, mask=None):
-        """``(loss, grads)`` from the hand-written backward; grads has the structure of params."""
-        loss, grads, _ = self.backward(params, x, y, mask)
-        return loss, grads
-
-    def manual_loss(self, params, x, y, mask=None):
-        """``net.loss`` whose ``jax.grad`` / ``jax.vjp`` runs the hand-written backward."""
-        return _manual_loss(self, params, x, y, mask)
+    def config(self):
+        return {
+            "sizes": list(self.sizes),
+            "activation": self.activation
+            if isinstance(self.activation, str)
+            else list(self.activation),
+            "output": self.output,
+            "cost": self.cost,
+        }
 
 
-# ------------------------------------------------------------- custom_vjp bridge
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _manual_loss(net, params, x, y, mask):
-    return net.loss(params, x, y, mask)
-
-
-def _manual_loss_fwd(net, params, x, y, mask):
-    loss, grads, dx = net.backward(params, x, y, mask)
-    return loss, (grads, dx)
-
-
-def _manual_loss_bwd(net, residuals, g):
-    grads, dx = residuals
-    scale = lambda t: t * g.astype(t.dtype)  # noqa: E731 - chain rule with the output cotangent
-    return jax.tree.map(scale, grads), scale(dx), None, None
-
-
-_manual_loss.defvjp(_manual_loss_fwd, _manual_loss_bwd)
-
-
-def per_example_grads(net, params, x, y):
-    """Per-example gradients: ``vmap`` of the single-example manual backward.
-
-    Every leaf gets a leading batch axis of size m; their mean over that axis is the
-    batch gradient ``net.loss_and_grad(params, x, y)[1]``.
-    """
-    net._check_x(x)
-
-    def one(xi, yi):
-        return net.loss_and_grad(params, xi[None], yi[None])[1]
-
-    return jax.vmap(one)(x, y)
+__all__ = ["MLP", "per_example_grads"]

@@ -44,7 +44,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jbp import train
+from jbp import epoch as engine
 
 AXIS = "batch"
 MODES = ("shard_map", "pmap")
@@ -221,21 +221,36 @@ def make_mesh(devices=None):
 
 # --------------------------------------------------------------- the step
 def sharded_grad(g, axis_name=AXIS):
-    """Turn a per-shard ``g(params, x, y, mask) -> (loss, grads)`` (masked means) into the
-    global masked mean: psum of (n_d·L_d, n_d·g_d, n_d), then one division.
+    """Turn a per-shard ``g(params, mstate, x, y, mask, key) -> (loss, grads, mstate)`` (masked
+    means) into the global masked mean: psum of (n_d·L_d, n_d·g_d, n_d), then one division.
+
+    A model state (running statistics) is averaged over the devices, weighted like the
+    gradients, so it stays replicated.
     """
 
-    def step_grad(params, xb, yb, mb):
+    def step_grad(params, mstate, xb, yb, mb, key):
         # Differentiate w.r.t. a per-device ("varying") copy: with autodiff, the gradient of a
         # replicated input inside shard_map would otherwise be summed over devices already.
         params = jax.lax.pcast(params, axis_name, to="varying")
-        loss, grads = g(params, xb, yb, mb)
+        loss, grads, mstate = g(params, mstate, xb, yb, mb, key)
         n = jnp.sum(mb)
-        tot, nl, ng = jax.lax.psum(
-            (n, n * loss, jax.tree.map(lambda t: n.astype(t.dtype) * t, grads)), axis_name
+        floats = [t for t in jax.tree.leaves(mstate) if jnp.issubdtype(t.dtype, jnp.inexact)]
+        weigh = lambda t: n.astype(t.dtype) * t  # noqa: E731
+        tot, nl, ng, ns = jax.lax.psum(
+            (n, n * loss, jax.tree.map(weigh, grads), [weigh(t) for t in floats]), axis_name
         )
         inv = 1 / jnp.maximum(tot, 1)
-        return nl * inv.astype(nl.dtype), jax.tree.map(lambda t: t * inv.astype(t.dtype), ng)
+        scale = lambda t: t * inv.astype(t.dtype)  # noqa: E731
+        averaged = iter([scale(t) for t in ns])
+        mstate = jax.tree.map(  # integer leaves (counters) agree on every device: take the max
+            lambda t: (
+                next(averaged)
+                if jnp.issubdtype(t.dtype, jnp.inexact)
+                else jax.lax.pmax(t, axis_name)
+            ),
+            mstate,
+        )
+        return nl * inv.astype(nl.dtype), jax.tree.map(scale, ng), mstate
 
     return step_grad
 
@@ -243,7 +258,7 @@ def sharded_grad(g, axis_name=AXIS):
 # ------------------------------------------------------------- the batches
 def layout(n, batch_size, n_dev):
     """``(batches, B, c)``: B real rows per batch (as the engine), c = ⌈B/N⌉ rows per device."""
-    nb, b = train.batch_layout(n, batch_size)
+    nb, b = engine.batch_layout(n, batch_size)
     return nb, b, -(-b // n_dev)
 
 
@@ -272,7 +287,7 @@ def _permutation(key_data, n):
 
 # ------------------------------------------------------------ the program
 def make_epoch_fn(
-    net,
+    model,
     optimizer,
     batch_size,
     devices=None,
@@ -292,10 +307,10 @@ def make_epoch_fn(
     n_dev = len(mesh_devices)
     mine = [i for i, d in enumerate(mesh_devices) if d.process_index == jax.process_index()]
     first, n_local = mine[0], len(mine)
-    run = train.make_epoch_on_batches(
-        net,
+    run = engine.make_epoch_on_batches(
+        model,
         optimizer,
-        step_grad=sharded_grad(train.grad_fn(net, backward)),
+        step_grad=sharded_grad(engine.grad_fn(model, backward)),
         axis_name=AXIS,
         grad_norms=grad_norms,
     )
@@ -333,7 +348,8 @@ def make_epoch_fn(
         perm = np.asarray(_permutation(np.asarray(state.key), xh.shape[0]))
         idx, real = local_indices(perm, batch_size, n_dev, first * c, (first + n_local) * c)
         # This process's share of every batch, and nothing more.
-        xb, yb, mb = xh[idx], yh[idx], real.astype(xh.dtype)
+        mdt = xh.dtype if np.issubdtype(xh.dtype, np.floating) else np.float32
+        xb, yb, mb = xh[idx], yh[idx], real.astype(mdt)
         if parallel == "shard_map":
             xb, yb, mb = (
                 jax.make_array_from_process_local_data(by_column, a, (nb, n_dev * c) + a.shape[2:])

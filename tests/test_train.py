@@ -225,14 +225,14 @@ def test_fit_equals_a_python_loop_of_textbook_steps(small, batch_size, monkeypat
 def test_an_overflow_in_the_last_update_is_caught(small, monkeypatch):
     """A weight gradient that overflows alone (finite loss and bias gradients) is caught at
     the epoch's end: nothing non-finite is returned as the state."""
-    real = NET.loss_and_grad
+    real = NET.train_grad
 
-    def poisoned(params, x, y, mask=None):
-        loss, g = real(params, x, y, mask)
+    def poisoned(params, mstate, x, y, mask=None, **kw):
+        loss, g, mstate = real(params, mstate, x, y, mask, **kw)
         g[0]["W"] = g[0]["W"].at[0, 0].set(jnp.inf)
-        return loss, g
+        return loss, g, mstate
 
-    monkeypatch.setattr(NET.__class__, "loss_and_grad", lambda self, *a: poisoned(*a))
+    monkeypatch.setattr(NET.__class__, "train_grad", lambda self, *a, **kw: poisoned(*a, **kw))
     with pytest.raises(train.DivergenceError) as e:
         jbp.fit(NET, jbp.optim.sgd(0.1), small, batch_size=None, epochs=1, key=jax.random.key(0))
     assert e.value.epoch == 1
