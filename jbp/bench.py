@@ -335,10 +335,10 @@ def save(res, out_dir):
 # --------------------------------------------------------------- time to accuracy
 def _tta_jbp(argv, label):
     """Train with ``jbp train`` arguments in this process; wall time includes compilation."""
-    from jbp import cli, train
+    from jbp import recipe, train
 
-    args = cli.build_parser().parse_args(["train", *argv])
-    net, optimizer, ds, batch_size, epochs, dtype = cli.resolve_train(args)
+    args = recipe.train_parser().parse_args(argv)
+    net, optimizer, ds, batch_size, epochs, dtype = recipe.resolve_train(args)
     t0 = time.perf_counter()
     state, hist = train.fit(
         net,
