@@ -10,6 +10,8 @@ head, :mod:`jbp.heads`); ``check_layer`` / ``check_model``; ``per_example_grads`
 
 from jbp import (
     activations,
+    adapters,
+    check,
     checkpoint,
     combinators,
     data,
@@ -24,6 +26,7 @@ from jbp import (
     parallel,
     schedules,
 )
+from jbp.check import check_layer, check_model
 from jbp.combinators import (
     Autodiff,
     FanInConcat,
@@ -55,6 +58,8 @@ __all__ = [
     "Parallel",
     "Residual",
     "Sequential",
+    "check_layer",
+    "check_model",
     "combinators",
     "epoch",
     "heads",
@@ -63,6 +68,8 @@ __all__ = [
     "DivergenceError",
     "TrainState",
     "activations",
+    "adapters",
+    "check",
     "checkpoint",
     "data",
     "ewma",

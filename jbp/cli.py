@@ -1,4 +1,4 @@
-"""The ``jbp`` command line: ``jbp train``, ``jbp gradcheck``, ``jbp bench``.
+"""The ``jbp`` command line: ``jbp train``, ``jbp gradcheck``, ``jbp check``, ``jbp bench``.
 
 Exit status: 0 success; 1 a gradient check failed; 2 bad input (one line on standard error,
 no traceback, nothing already saved is touched); 3 training diverged; 130 / 143 stopped by
@@ -41,6 +41,20 @@ def build_parser():
     g.add_argument("--method", default="central", choices=("central", "forward"))
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--json", action="store_true")
+    c = sub.add_parser(
+        "check",
+        help="check a layer's or model's hand-written backward (jbp.check_layer / check_model)",
+        description="Check the backward of a layer or model named as module:attribute "
+        "(or path/to/file.py:attribute; a zero-argument factory is called) against jax.vjp "
+        "and finite differences, leaf by leaf, in float64. Exit status 1 if a check fails.",
+    )
+    c.add_argument("target", help="module:attribute or path/to/file.py:attribute")
+    c.add_argument(
+        "--in-shape", help="one example's input shape, e.g. 28,28,1 (needed for a layer)"
+    )
+    c.add_argument("--batch", type=_positive_int("--batch"), default=4)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true", help="last line of stdout: the report as JSON")
     b = sub.add_parser("bench", help="throughput side by side with the baselines (jbp.bench)")
     b.add_argument("--quick", action="store_true", help="small data, one repeat: under a minute")
     b.add_argument("--workloads", default="a,b,c", help="a,b,c (see jbp.bench.WORKLOADS)")
@@ -356,13 +370,24 @@ def cmd_gradcheck(args):
     return 0 if rep.ok else 1
 
 
+def cmd_check(args):
+    from jbp import check
+
+    return check.run_cli(args.target, args.in_shape, args.batch, args.seed, args.json)
+
+
 def cmd_bench(args):
     from jbp import bench
 
     return bench.main(args)
 
 
-COMMANDS = {"train": cmd_train, "gradcheck": cmd_gradcheck, "bench": cmd_bench}
+COMMANDS = {
+    "train": cmd_train,
+    "gradcheck": cmd_gradcheck,
+    "check": cmd_check,
+    "bench": cmd_bench,
+}
 
 
 def _one_line(message):

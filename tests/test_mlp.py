@@ -1,7 +1,7 @@
 """The hand-written backward (BP1–BP4) against jax.grad and finite differences, float64.
 
 One table drives the gradient tests: every hidden activation × (output, cost) pair ×
-depth 1–4 × batch size, as STYLE.md asks.
+depth 1–4 × batch size.
 """
 
 import itertools
