@@ -61,6 +61,8 @@ class TrainState(NamedTuple):
 
 
 def _as_key_data(key):
+    if isinstance(key, int) and not isinstance(key, bool):  # a seed, as jax.random.key takes
+        return jax.random.key_data(jax.random.key(key))
     if jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
         return jax.random.key_data(key)
     return jnp.asarray(key, jnp.uint32)
@@ -201,9 +203,9 @@ def make_epoch(
     return epoch
 
 
-def _grad_norms(model, params, mstate, xb, yb):
+def _grad_norms(model, params, mstate, xb, yb, key):
     """‖∇C_i‖₂ for every row i: per-example gradients by ``vmap`` (no Python loop)."""
-    pe = model_mod.per_example_grads(model, params, xb, yb, state=mstate)
+    pe = model_mod.per_example_grads(model, params, xb, yb, state=mstate, key=key)
     sq = sum(jnp.sum(jnp.reshape(g, (g.shape[0], -1)) ** 2, axis=1) for g in jax.tree.leaves(pe))
     return jnp.sqrt(sq)
 
@@ -262,7 +264,7 @@ def make_epoch_on_batches(
         n = total(jnp.sum(mb))
         out = (loss * n, n)
         if grad_norms:
-            norm = _grad_norms(model, params, mstate, xb, yb)
+            norm = _grad_norms(model, params, mstate, xb, yb, key)
             m = mb.astype(norm.dtype)
             out += (jnp.sum(norm * m), jnp.sum(norm**2 * m), jnp.max(jnp.where(m > 0, norm, 0)))
         if on_steps is not None:

@@ -326,11 +326,12 @@ def _float0(t):  # the cotangent of an integer input (token ids)
 _manual_loss.defvjp(_manual_loss_fwd, _manual_loss_bwd)
 
 
-def per_example_grads(model, params, x, y, *, state=None):
+def per_example_grads(model, params, x, y, *, state=None, key=None):
     """Per-example gradients: ``vmap`` of the single-example manual backward.
 
     Every leaf gets a leading batch axis of size m; their mean over that axis is the
-    batch gradient ``model.loss_and_grad(params, x, y)[1]``. A model whose layers couple
+    batch gradient ``model.loss_and_grad(params, x, y)[1]``. A stochastic model needs
+    ``key=``. A model whose layers couple
     the examples of a batch (BatchNorm) has no per-example gradient and is refused.
     """
     if getattr(model, "batch_coupled", False):
@@ -341,6 +342,8 @@ def per_example_grads(model, params, x, y, *, state=None):
     if hasattr(model, "check_x"):
         model.check_x(x, "x")
     kw = {} if state is None else {"state": state}
+    if key is not None:  # stochastic layers: one key, each example its own draw from it
+        kw["key"] = key
 
     def one(xi, yi):
         return model.loss_and_grad(params, xi[None], yi[None], **kw)[1]

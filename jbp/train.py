@@ -159,6 +159,7 @@ def fit(
     else:
         if hasattr(model, "check_params"):
             model.check_params(state.params)
+        _check_model_state(model, state, dtype)
     if grad_norms and getattr(model, "batch_coupled", False):
         raise ValueError("grad_norms needs per-example gradients: this model couples examples")
     dt = _param_dtype(state.params, dtype)
@@ -232,6 +233,17 @@ def fit(
         if step_bar is not None:
             step_bar.close()
     return state, history
+
+
+def _check_model_state(model, state, dtype):
+    """A resumed state's model state must have the structure a fresh one would."""
+    fresh = jax.eval_shape(lambda k: model.initialize(k, dtype)[1], jax.random.key(0))
+    want, got = jax.tree.structure(fresh), jax.tree.structure(state.model_state)
+    if want != got:
+        raise ValueError(
+            f"the state's model_state has structure {got}, this model's is {want}: a state "
+            f"from another model"
+        )
 
 
 def _param_dtype(params, default):
