@@ -179,3 +179,74 @@ def test_bad_input_from_a_real_process(tmp_path):
     assert "idx" in r.stderr
     r = run(["gradcheck", "--layers", "4,x"])
     assert r.returncode == 2 and "--layers" in r.stderr and "Traceback" not in r.stderr
+
+
+LAYER_FILE = '''
+import dataclasses
+import jax.numpy as jnp
+import jbp
+
+
+@dataclasses.dataclass(frozen=True)
+class Swish(jbp.Layer):
+    """y = x·σ(x)."""
+
+    def init(self, key, in_shape, dtype=jnp.float32):
+        return (), (), in_shape
+
+    def forward(self, params, state, x, *, train=False, key=None):
+        s = 1 / (1 + jnp.exp(-x))
+        return x * s, (x, s), state
+
+    def backward(self, params, cache, dy):
+        x, s = cache
+        return (), dy * (s + x * s * (1 - s))
+
+
+@dataclasses.dataclass(frozen=True)
+class Forgetful(Swish):
+    def backward(self, params, cache, dy):  # forgets the x·σ'(x) term
+        x, s = cache
+        return (), dy * s
+
+
+net = jbp.Network(jbp.Sequential(jbp.Dense(6, "tanh"), Swish(), jbp.Dense(3)), in_shape=(4,))
+'''
+
+
+def test_check_a_users_layer_and_model_from_a_file(tmp_path):
+    f = tmp_path / "mylayers.py"
+    f.write_text(LAYER_FILE)
+    r = run(["check", f"{f}:Swish", "--in-shape", "5", "--json"])
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rep["ok"] and [row["name"] for row in rep["rows"]] == ["x"]
+    r = run(["check", f"{f}:Forgetful", "--in-shape", "5"])
+    assert r.returncode == 1 and "FAIL: x" in r.stdout
+    r = subprocess.run(  # a module name, imported from the working directory; a model
+        [sys.executable, "-m", "jbp", "check", "mylayers:net"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "check_model" in r.stdout and "PASS" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "target,flags,message",
+    [
+        ("mylayers", [], "module:attribute"),
+        ("{f}:Nope", ["--in-shape", "3"], "has no attribute 'Nope'"),
+        ("{f}:Swish", [], "--in-shape"),
+        ("no_such_module_xyz:Swish", ["--in-shape", "3"], "not found"),
+    ],
+)
+def test_check_bad_targets_exit_2(tmp_path, target, flags, message):
+    f = tmp_path / "mylayers.py"
+    f.write_text(LAYER_FILE)
+    r = run(["check", target.format(f=f), *flags])
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
