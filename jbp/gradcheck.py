@@ -38,8 +38,8 @@ def rel_diff(a, b):
 
 @dataclasses.dataclass
 class Row:
-    layer: int  # 1-based, as in the seed's Wˡ
-    param: str  # "W" or "b"
+    layer: int  # 1-based, as in the seed's Wˡ (0: the leaf is not in a list of layers)
+    param: str  # "W", "b", or the leaf's path inside its layer
     shape: tuple
     rel_autodiff: float
     rel_fd: float
@@ -135,11 +135,22 @@ def _timed(fn, *args, repeat=3):
     return out, best
 
 
+def _leaf_label(path):
+    """``(layer, param)`` of a leaf: ``[1]["W"]`` -> (2, "W"); layer 0 when there is no index."""
+    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    for i, k in enumerate(path):
+        if isinstance(k, jax.tree_util.SequenceKey):
+            return k.idx + 1, "/".join(names[:i] + names[i + 1 :]) or "-"
+    return 0, "/".join(names) or "-"
+
+
 def gradcheck(net, params, x, y, *, method="central", eps=None, chunk=256):
     """Compare ``net.loss_and_grad`` with ``jax.grad(net.loss)`` and finite differences.
 
     Args:
-      net: a ``jbp.MLP``; params: its parameters; x, y: a batch.
+      net: a ``jbp.MLP`` or any model with ``loss``, ``loss_and_grad`` and ``check_params``
+        (a :class:`jbp.Network`; :func:`jbp.check_model` adds per-leaf directions, kinks and
+        more); params: its parameters; x, y: a batch.
       method: ``"central"`` (2n evaluations, O(h²) error) or ``"forward"`` (n + 1, O(h)).
       eps: the step h; by default eps_mach^(1/3) (central) or eps_mach^(1/2) (forward).
       chunk: how many perturbations one vectorised evaluation handles.
@@ -161,17 +172,11 @@ def gradcheck(net, params, x, y, *, method="central", eps=None, chunk=256):
     g_fd = unravel(g_fd_flat)
 
     rows = []
-    for l, (pm, pa, pf) in enumerate(zip(g_manual, g_auto, g_fd, strict=True), start=1):
-        for name in ("W", "b"):
-            rows.append(
-                Row(
-                    l,
-                    name,
-                    tuple(pm[name].shape),
-                    rel_diff(pm[name], pa[name]),
-                    rel_diff(pm[name], pf[name]),
-                )
-            )
+    flat = [jax.tree_util.tree_flatten_with_path(g)[0] for g in (g_manual, g_auto, g_fd)]
+    leaves = zip(*flat, strict=True)
+    for (path, pm), (_, pa), (_, pf) in leaves:
+        layer, param = _leaf_label(path)
+        rows.append(Row(layer, param, tuple(pm.shape), rel_diff(pm, pa), rel_diff(pm, pf)))
     flat_m = ravel_pytree(g_manual)[0]
     return Report(
         rows=rows,
