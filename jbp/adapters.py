@@ -196,10 +196,6 @@ def _abstract(flat):
     )
 
 
-def _path_name(path):  # a jax key path: (DictKey('l1'), DictKey('kernel')) -> "l1/kernel"
-    return "/".join(str(getattr(k, "key", k)) for k in path)
-
-
 def _float_dtype(tree):
     for leaf in jax.tree.leaves(tree):
         if jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
@@ -313,22 +309,7 @@ class NNXModel:
     # ----------------------------------------------------------------- checks
     def check_params(self, params):
         """Raise ``ValueError`` unless ``params`` has this module's structure and shapes."""
-        expected = self.abstract_params
-        try:
-            got_leaves, got_tree = jax.tree_util.tree_flatten_with_path(params)
-        except Exception as err:  # noqa: BLE001 - anything unflattenable is a mismatch
-            raise ValueError(f"params are not a pytree of arrays: {err}") from None
-        want_leaves, want_tree = jax.tree_util.tree_flatten_with_path(expected)
-        if got_tree != want_tree:
-            raise ValueError(
-                f"params have structure {got_tree}, the {self.module_type} module has {want_tree}"
-            )
-        for (path, want), (_, got) in zip(want_leaves, got_leaves, strict=True):
-            if tuple(jnp.shape(got)) != tuple(want.shape):
-                raise ValueError(
-                    f"parameter {_path_name(path)} has shape {tuple(jnp.shape(got))}, the "
-                    f"{self.module_type} module has {tuple(want.shape)}"
-                )
+        model_mod.check_like(params, self.abstract_params, f"the {self.module_type} module has")
 
     def check_x(self, x, split="the"):
         shape = tuple(np.shape(x))

@@ -172,8 +172,8 @@ def gradcheck(net, params, x, y, *, method="central", eps=None, chunk=256):
     g_fd = unravel(g_fd_flat)
 
     rows = []
-    flat = [jax.tree_util.tree_flatten_with_path(g)[0] for g in (g_manual, g_auto, g_fd)]
-    leaves = zip(*flat, strict=True)
+    by_path = [jax.tree_util.tree_flatten_with_path(g)[0] for g in (g_manual, g_auto, g_fd)]
+    leaves = zip(*by_path, strict=True)
     for (path, pm), (_, pa), (_, pf) in leaves:
         layer, param = _leaf_label(path)
         rows.append(Row(layer, param, tuple(pm.shape), rel_diff(pm, pa), rel_diff(pm, pf)))

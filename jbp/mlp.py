@@ -37,7 +37,7 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
-from jbp import activations, heads, losses
+from jbp import activations, heads
 from jbp.combinators import Sequential
 from jbp.layers import INITIALIZERS as _RULES
 from jbp.layers import Dense
@@ -104,20 +104,7 @@ class MLP(LayerModel):
                 )
         if not isinstance(self.activation, str):
             object.__setattr__(self, "activation", acts)
-        if self.output not in activations.OUTPUTS:
-            raise ValueError(
-                f"unknown output {self.output!r}; expected one of {', '.join(activations.OUTPUTS)}"
-            )
-        if self.cost not in losses.COSTS:
-            raise ValueError(
-                f"unknown cost {self.cost!r}; expected one of {', '.join(losses.COSTS)}"
-            )
-        fits = losses.COSTS[self.cost][3]
-        if self.output not in fits:
-            raise ValueError(
-                f"cost {self.cost!r} does not fit output {self.output!r}: it needs output "
-                f"{' or '.join(repr(f) for f in fits)}"
-            )
+        heads.Head(self.output, self.cost)  # validates the output and the cost, and their pair
         if self.output == "softmax" and sizes[-1] < 2:
             raise ValueError(f"a softmax output needs at least 2 units, got sizes={sizes}")
         if self.initializer not in INITIALIZERS:

@@ -73,7 +73,27 @@ def _float_dtype(params):
 
 
 def _leaf_name(path):
-    return "".join(str(k) for k in path) or "(root)"
+    """A leaf's path as ``0/W`` or ``l2/kernel``."""
+    keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path]
+    return "/".join(map(str, keys)) or "(root)"
+
+
+def check_like(params, expected, expects="this model expects"):
+    """Raise ``ValueError`` naming the first leaf of ``params`` whose structure or shape differs
+    from ``expected`` (a pytree of arrays or of ``jax.ShapeDtypeStruct``)."""
+    e_leaves, e_tree = jax.tree_util.tree_flatten_with_path(expected)
+    try:
+        g_leaves, g_tree = jax.tree_util.tree_flatten_with_path(params)
+    except Exception as err:  # noqa: BLE001 - anything unflattenable is a mismatch
+        raise ValueError(f"params are not a pytree of arrays: {err}") from None
+    if g_tree != e_tree:
+        raise ValueError(f"params have structure {g_tree}, {expects} {e_tree}")
+    for (path, e), (_, g) in zip(e_leaves, g_leaves, strict=True):
+        if tuple(jnp.shape(g)) != tuple(e.shape):
+            raise ValueError(
+                f"parameter {_leaf_name(path)} has shape {tuple(jnp.shape(g))}, {expects} "
+                f"{tuple(e.shape)}"
+            )
 
 
 class LayerModel:
@@ -144,23 +164,7 @@ class LayerModel:
     # ----------------------------------------------------------------- checks
     def check_params(self, params):
         """Raise ``ValueError`` unless ``params`` has this model's structure and shapes."""
-        expected = self._abstract[0]
-        e_leaves, e_tree = jax.tree_util.tree_flatten_with_path(expected)
-        try:
-            g_leaves, g_tree = jax.tree_util.tree_flatten_with_path(params)
-        except Exception as err:  # noqa: BLE001 - anything unflattenable is a mismatch
-            raise ValueError(f"params are not a pytree of arrays: {err}") from None
-        if g_tree != e_tree:
-            raise ValueError(
-                f"params have structure {jax.tree.structure(params)}, this model expects "
-                f"{jax.tree.structure(expected)}"
-            )
-        for (path, e), (_, g) in zip(e_leaves, g_leaves, strict=True):
-            if tuple(jnp.shape(g)) != tuple(e.shape):
-                raise ValueError(
-                    f"parameter {_leaf_name(path)} has shape {tuple(jnp.shape(g))}, this model "
-                    f"expects {tuple(e.shape)}"
-                )
+        check_like(params, self._abstract[0], "this model expects")
 
     def check_x(self, x, split="the"):
         shape = tuple(np.shape(x))
