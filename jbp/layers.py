@@ -37,8 +37,10 @@ Reference: Nielsen, *Neural Networks and Deep Learning*, ch. 2; the ``stax`` lay
 (``jax.example_libraries.stax``), with a cache and a backward added.
 """
 
+import contextlib
 import dataclasses
 import math
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +78,30 @@ def call_forward(layer, params, state, x, *, train, key, mask=None):
     if getattr(layer, "batch_coupled", False):
         return layer.forward(params, state, x, train=train, key=key, mask=mask)
     return layer.forward(params, state, x, train=train, key=key)
+
+
+_AXIS = threading.local()
+
+
+@contextlib.contextmanager
+def batch_axis(name):
+    """While tracing inside it, the batch is split over the mapped axis ``name``.
+
+    Batch-coupled layers (BatchNorm) read :func:`current_batch_axis` and sum their statistics
+    over that axis (``lax.psum``), so N devices see the statistics of the whole batch, as one
+    device would. ``jbp.parallel`` traces its epoch program inside ``batch_axis("batch")``.
+    """
+    previous = getattr(_AXIS, "name", None)
+    _AXIS.name = name
+    try:
+        yield
+    finally:
+        _AXIS.name = previous
+
+
+def current_batch_axis():
+    """The mapped axis the batch is split over while tracing, or ``None`` (one device)."""
+    return getattr(_AXIS, "name", None)
 
 
 def shape_tuple(shape, what="in_shape"):

@@ -45,6 +45,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jbp import epoch as engine
+from jbp.layers import batch_axis
 
 AXIS = "batch"
 MODES = ("shard_map", "pmap")
@@ -307,13 +308,18 @@ def make_epoch_fn(
     n_dev = len(mesh_devices)
     mine = [i for i, d in enumerate(mesh_devices) if d.process_index == jax.process_index()]
     first, n_local = mine[0], len(mine)
-    run = engine.make_epoch_on_batches(
+    run_shard = engine.make_epoch_on_batches(
         model,
         optimizer,
         step_grad=sharded_grad(engine.grad_fn(model, backward)),
         axis_name=AXIS,
         grad_norms=grad_norms,
     )
+
+    def run(*args):  # traced with the batch axis known, for layers with batch statistics
+        with batch_axis(AXIS):
+            return run_shard(*args)
+
     replicated = NamedSharding(mesh, P())
     by_column = NamedSharding(mesh, P(None, AXIS))
     if parallel == "shard_map":
