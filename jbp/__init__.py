@@ -15,6 +15,7 @@ from jbp import (
     checkpoint,
     combinators,
     data,
+    embedding,
     epoch,
     ewma,
     gradcheck,
@@ -22,6 +23,7 @@ from jbp import (
     layers,
     losses,
     model,
+    norms,
     optim,
     parallel,
     schedules,
@@ -37,15 +39,21 @@ from jbp.combinators import (
     Residual,
     Sequential,
 )
-from jbp.layers import Activation, Dense, Flatten, Layer, layer
+from jbp.embedding import Embedding
+from jbp.layers import Activation, Dense, Dropout, Flatten, Layer, layer
 from jbp.mlp import MLP
 from jbp.model import Network, per_example_grads
+from jbp.norms import BatchNorm, LayerNorm
 from jbp.train import DivergenceError, TrainState, fit, params_sha256
 
 __version__ = "0.1.0"
 __all__ = [
     "MLP",
     "Activation",
+    "BatchNorm",
+    "Dropout",
+    "Embedding",
+    "LayerNorm",
     "Autodiff",
     "Dense",
     "FanInConcat",
@@ -61,10 +69,12 @@ __all__ = [
     "check_layer",
     "check_model",
     "combinators",
+    "embedding",
     "epoch",
     "heads",
     "layer",
     "model",
+    "norms",
     "DivergenceError",
     "TrainState",
     "activations",

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbp import activations, losses
+from jbp.layers import current_batch_axis
 
 
 def check_labels(y, n_out):
@@ -73,12 +74,20 @@ def reduce(per, mask):
     """``(C, scale)``: the masked mean of per-example values and the weight of each row.
 
     ``scale`` has shape (m,): 1/m for every row without a mask, maskᵢ/Σmask with one.
+
+    Inside a training step whose batch is split over devices (``jbp.layers.batch_axis``), the
+    count Σmask is the whole batch's (``lax.psum``): each device returns its *share* of the
+    global mean, and the shares (and their gradients) add up over the devices. That keeps
+    every layer's backward the VJP of one global loss — what BatchNorm's global statistics
+    need, since their gradients mix the devices' rows.
     """
     m = per.shape[0]
-    if mask is None:
+    axis = current_batch_axis()
+    if mask is None and axis is None:
         return jnp.mean(per), jnp.full((m,), 1.0 / m, per.dtype)
-    mask = jnp.asarray(mask, per.dtype)
-    scale = mask / jnp.maximum(jnp.sum(mask), 1)
+    mask = jnp.ones((m,), per.dtype) if mask is None else jnp.asarray(mask, per.dtype)
+    count = jnp.sum(mask) if axis is None else jax.lax.psum(jnp.sum(mask), axis)
+    scale = mask / jnp.maximum(count, 1)
     return jnp.sum(per * scale), scale
 
 

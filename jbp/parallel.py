@@ -6,11 +6,13 @@ shards take the padding, so a B that does not divide by N is handled, never refu
 device runs the manual backward (BP1–BP4) on its rows, and the shards are combined so the
 result *is* the single-device masked mean, not an approximation of it::
 
-    n_d = Σᵢ maskᵢ  (rows of shard d)        L_d, g_d = masked means over shard d
-    L = Σ_d n_d·L_d / Σ_d n_d,   g = Σ_d n_d·g_d / Σ_d n_d      (lax.psum over "batch")
+    N = Σ_d Σᵢ maskᵢ  (lax.psum: the whole batch's real rows, taken by the loss head)
+    L_d = Σᵢ maskᵢ·Cᵢ / N,  g_d = ∂L_d/∂θ       L = Σ_d L_d,  g = Σ_d g_d  (lax.psum)
 
-(a plain ``pmean`` of the shard means is wrong as soon as shards hold different numbers
-of real rows, e.g. in the last, ragged batch). Parameters and optimizer state are
+(a plain ``pmean`` of per-shard means is wrong as soon as shards hold different numbers
+of real rows, e.g. in the last, ragged batch; and layers with batch statistics, whose
+gradients mix the shards, need every shard's cotangent on the global scale). Parameters and
+optimizer state are
 replicated; every device applies the same update to the same summed gradient, so they stay
 identical without ever being broadcast again.
 
@@ -222,27 +224,31 @@ def make_mesh(devices=None):
 
 # --------------------------------------------------------------- the step
 def sharded_grad(g, axis_name=AXIS):
-    """Turn a per-shard ``g(params, mstate, x, y, mask, key) -> (loss, grads, mstate)`` (masked
-    means) into the global masked mean: psum of (n_d·L_d, n_d·g_d, n_d), then one division.
+    """Turn a per-shard ``g(params, mstate, x, y, mask, key) -> (loss, grads, mstate)`` into the
+    global masked mean.
 
-    A model state (running statistics) is averaged over the devices, weighted like the
-    gradients, so it stays replicated.
+    ``g`` is traced inside :func:`jbp.layers.batch_axis`, so the loss head divides by the
+    whole batch's count Σmask (a psum) and each device's loss and gradients are its *share*
+    of the global mean: one psum adds them up. (Weighting per-device means by their row
+    counts gives the same for layers that treat examples apart, but not for BatchNorm, whose
+    global statistics make every device's gradient depend on every device's rows.)
+
+    A model state (running statistics) is averaged over the devices, weighted by their real
+    rows, so it stays replicated.
     """
 
     def step_grad(params, mstate, xb, yb, mb, key):
         # Differentiate w.r.t. a per-device ("varying") copy: with autodiff, the gradient of a
         # replicated input inside shard_map would otherwise be summed over devices already.
         params = jax.lax.pcast(params, axis_name, to="varying")
-        loss, grads, mstate = g(params, mstate, xb, yb, mb, key)
+        with batch_axis(axis_name):
+            loss, grads, mstate = g(params, mstate, xb, yb, mb, key)
         n = jnp.sum(mb)
         floats = [t for t in jax.tree.leaves(mstate) if jnp.issubdtype(t.dtype, jnp.inexact)]
         weigh = lambda t: n.astype(t.dtype) * t  # noqa: E731
-        tot, nl, ng, ns = jax.lax.psum(
-            (n, n * loss, jax.tree.map(weigh, grads), [weigh(t) for t in floats]), axis_name
-        )
+        tot, loss, grads, ns = jax.lax.psum((n, loss, grads, [weigh(t) for t in floats]), axis_name)
         inv = 1 / jnp.maximum(tot, 1)
-        scale = lambda t: t * inv.astype(t.dtype)  # noqa: E731
-        averaged = iter([scale(t) for t in ns])
+        averaged = iter([t * inv.astype(t.dtype) for t in ns])
         mstate = jax.tree.map(  # integer leaves (counters) agree on every device: take the max
             lambda t: (
                 next(averaged)
@@ -251,7 +257,7 @@ def sharded_grad(g, axis_name=AXIS):
             ),
             mstate,
         )
-        return nl * inv.astype(nl.dtype), jax.tree.map(scale, ng), mstate
+        return loss, grads, mstate
 
     return step_grad
 
@@ -308,17 +314,13 @@ def make_epoch_fn(
     n_dev = len(mesh_devices)
     mine = [i for i, d in enumerate(mesh_devices) if d.process_index == jax.process_index()]
     first, n_local = mine[0], len(mine)
-    run_shard = engine.make_epoch_on_batches(
+    run = engine.make_epoch_on_batches(
         model,
         optimizer,
         step_grad=sharded_grad(engine.grad_fn(model, backward)),
         axis_name=AXIS,
         grad_norms=grad_norms,
     )
-
-    def run(*args):  # traced with the batch axis known, for layers with batch statistics
-        with batch_axis(AXIS):
-            return run_shard(*args)
 
     replicated = NamedSharding(mesh, P())
     by_column = NamedSharding(mesh, P(None, AXIS))
