@@ -55,6 +55,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "NAMES",
+    "as_shape",
     "load",
     "load_idx_dir",
     "n_classes",
@@ -104,8 +105,27 @@ class Dataset(NamedTuple):
 
 
 def n_features(ds: Dataset) -> int:
-    """Input width: the number of columns of ``x_train``."""
-    return int(ds.x_train.shape[1])
+    """Input width: the number of values in one example (columns, or pixels·channels)."""
+    return int(math.prod(ds.x_train.shape[1:]))
+
+
+def as_shape(ds: Dataset, in_shape) -> Dataset:
+    """The same data with each example reshaped to ``in_shape`` (e.g. (784,) -> (28, 28, 1)).
+
+    Row-major, as the images were flattened. Raises :class:`DataError` when the sizes differ.
+    """
+    in_shape = tuple(int(s) for s in in_shape)
+    have = ds.x_train.shape[1:]
+    if have == in_shape:
+        return ds
+    if math.prod(have) != math.prod(in_shape):
+        raise DataError(
+            f"examples of shape {tuple(have)} ({math.prod(have)} values) cannot be reshaped to "
+            f"the model's input shape {in_shape} ({math.prod(in_shape)} values)"
+        )
+    return ds._replace(
+        x_train=ds.x_train.reshape(-1, *in_shape), x_test=ds.x_test.reshape(-1, *in_shape)
+    )
 
 
 def n_classes(ds: Dataset) -> int:
@@ -187,7 +207,7 @@ def _missing_files(directory: Path) -> list[str]:
     return [stem for stem in IDX_FILES if _find_idx(directory, stem) is None]
 
 
-def _read_pair(images_path: Path, labels_path: Path, max_classes: int | None):
+def _read_pair(images_path: Path, labels_path: Path, max_classes: int | None, as_images=False):
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.dtype != np.uint8 or images.ndim < 2:
         raise DataError(
@@ -211,14 +231,19 @@ def _read_pair(images_path: Path, labels_path: Path, max_classes: int | None):
             raise DataError(
                 f"{labels_path}: labels must lie in [0, {limit - 1}], found range [{lo}, {hi}]"
             )
-    x = np.divide(images.reshape(len(images), -1), np.float32(255), dtype=np.float32)
-    return x, labels.astype(np.int32)
+    x = np.divide(images, np.float32(255), dtype=np.float32)
+    if as_images:  # (n, rows, cols, 1): NHWC with one channel
+        return x.reshape(*images.shape[:3], -1), labels.astype(np.int32)
+    return x.reshape(len(images), -1), labels.astype(np.int32)
 
 
-def load_idx_dir(directory: str | os.PathLike, *, max_classes: int | None = None) -> Dataset:
+def load_idx_dir(
+    directory: str | os.PathLike, *, max_classes: int | None = None, images: bool = False
+) -> Dataset:
     """Load a folder in the MNIST layout (the four ``IDX_FILES``, each optionally ``.gz``).
 
-    Images must be uint8; they are flattened to ``rows * cols`` features and divided by 255.
+    Images must be uint8; they are divided by 255 and flattened to ``rows * cols`` features,
+    or, with ``images=True``, kept as ``(n, rows, cols, 1)`` (NHWC, one channel).
     When a file exists both plain and gzipped, the plain one is read.
 
     Args:
@@ -237,12 +262,12 @@ def load_idx_dir(directory: str | os.PathLike, *, max_classes: int | None = None
             f"each plain or gzipped:\n{_IDX_LAYOUT}"
         )
     paths = [_find_idx(directory, stem) for stem in IDX_FILES]
-    x_train, y_train = _read_pair(paths[0], paths[1], max_classes)
-    x_test, y_test = _read_pair(paths[2], paths[3], max_classes)
-    if x_train.shape[1] != x_test.shape[1]:
+    x_train, y_train = _read_pair(paths[0], paths[1], max_classes, images)
+    x_test, y_test = _read_pair(paths[2], paths[3], max_classes, images)
+    if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(
-            f"{directory}: training images have {x_train.shape[1]} pixels but test images "
-            f"have {x_test.shape[1]}"
+            f"{directory}: training images have shape {x_train.shape[1:]} but test images "
+            f"{x_test.shape[1:]}"
         )
     return Dataset(x_train, y_train, x_test, y_test)
 
@@ -250,12 +275,14 @@ def load_idx_dir(directory: str | os.PathLike, *, max_classes: int | None = None
 # --------------------------------------------------------------------------- named sets
 
 
-def _digits() -> Dataset:
+def _digits(images=False) -> Dataset:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
     x = (bunch.data / 16.0).astype(np.float32)
+    if images:
+        x = x.reshape(-1, 8, 8, 1)
     y = bunch.target.astype(np.int32)
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=0.25, random_state=0, stratify=y
@@ -278,7 +305,7 @@ def _moons() -> Dataset:
     )
 
 
-def _fashion_mnist(data_dir: str | os.PathLike | None) -> Dataset:
+def _fashion_mnist(data_dir: str | os.PathLike | None, images=False) -> Dataset:
     if data_dir is None:
         data_dir = os.environ.get("JBP_DATA_DIR") or None
     if data_dir is not None:
@@ -288,7 +315,7 @@ def _fashion_mnist(data_dir: str | os.PathLike | None) -> Dataset:
         candidates = [FASHION_MNIST_SYSTEM_DIR]
     for directory in candidates:
         if not _missing_files(directory):
-            return load_idx_dir(directory, max_classes=10)
+            return load_idx_dir(directory, max_classes=10, images=images)
     searched = ", ".join(str(c) for c in candidates)
     raise DataError(
         f"Fashion-MNIST not found (searched {searched}). Get it with\n"
@@ -298,13 +325,15 @@ def _fashion_mnist(data_dir: str | os.PathLike | None) -> Dataset:
     )
 
 
-def load(name: str, *, data_dir: str | os.PathLike | None = None) -> Dataset:
+def load(name: str, *, data_dir: str | os.PathLike | None = None, images: bool = False) -> Dataset:
     """Load a data set by name (see the module docstring for sizes, sources and splits).
 
     Args:
       name: ``"digits"``, ``"moons"``, ``"fashion-mnist"``, or ``"idx:DIR"``.
       data_dir: where to look for Fashion-MNIST instead of ``$JBP_DATA_DIR`` / the Debian
         location (that folder or its ``fashion-mnist`` subfolder). Ignored by the others.
+      images: inputs as NHWC images ``(n, rows, cols, 1)`` instead of flat rows (digits,
+        fashion-mnist, idx; ``moons`` has no images). :func:`as_shape` reshapes either way.
 
     Returns:
       A :class:`Dataset` of NumPy arrays: float32 inputs, int32 labels.
@@ -320,14 +349,16 @@ def load(name: str, *, data_dir: str | os.PathLike | None = None) -> Dataset:
     if not isinstance(name, str):
         raise DataError(f"data set name must be a string, got {name!r}")
     if name == "digits":
-        return _digits()
+        return _digits(images)
     if name == "moons":
+        if images:
+            raise DataError("the moons data set has 2 coordinates per example, not images")
         return _moons()
     if name == "fashion-mnist":
-        return _fashion_mnist(data_dir)
+        return _fashion_mnist(data_dir, images)
     if name.startswith("idx:"):
         directory = name[len("idx:") :]
         if not directory:
             raise DataError("'idx:' needs a folder after the colon, e.g. 'idx:/data/mnist'")
-        return load_idx_dir(Path(directory).expanduser())
+        return load_idx_dir(Path(directory).expanduser(), images=images)
     raise DataError(f"unknown data set {name!r}; valid names: {', '.join(NAMES)}")

@@ -342,3 +342,24 @@ def test_n_classes_for_real_targets():
     y = np.eye(3, dtype=np.float32)[[0, 1, 2, 1]]
     ds = data.Dataset(np.zeros((4, 5), np.float32), y, np.zeros((2, 5), np.float32), y[:2])
     assert data.n_features(ds) == 5 and data.n_classes(ds) == 3
+
+
+def test_images_keep_their_shape_and_as_shape_reshapes():
+    flat, img = data.load("digits"), data.load("digits", images=True)
+    assert img.x_train.shape == (1347, 8, 8, 1) and img.x_test.shape == (450, 8, 8, 1)
+    np.testing.assert_array_equal(img.x_train.reshape(1347, 64), flat.x_train)
+    np.testing.assert_array_equal(data.as_shape(flat, (8, 8, 1)).x_test, img.x_test)
+    assert data.n_features(img) == 64
+    with pytest.raises(DataError, match=r"\(64,\) \(64 values\) cannot be reshaped.*\(7, 7, 1\)"):
+        data.as_shape(flat, (7, 7, 1))
+    with pytest.raises(DataError, match="not images"):
+        data.load("moons", images=True)
+
+
+def test_idx_images_as_nhwc(tmp_path):
+    raw = fake_mnist(tmp_path)
+    ds = data.load(f"idx:{tmp_path}", images=True)
+    assert ds.x_train.shape == (5, 4, 3, 1) and ds.x_test.shape == (3, 4, 3, 1)
+    np.testing.assert_allclose(ds.x_train[..., 0] * 255, raw["train-images-idx3-ubyte"])
+    flat = data.load(f"idx:{tmp_path}")
+    np.testing.assert_array_equal(ds.x_train.reshape(5, 12), flat.x_train)
