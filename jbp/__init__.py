@@ -14,6 +14,7 @@ from jbp import (
     check,
     checkpoint,
     combinators,
+    conv,
     data,
     embedding,
     epoch,
@@ -23,6 +24,7 @@ from jbp import (
     layers,
     losses,
     model,
+    models,
     norms,
     optim,
     parallel,
@@ -39,6 +41,7 @@ from jbp.combinators import (
     Residual,
     Sequential,
 )
+from jbp.conv import AvgPool, Conv, GlobalAvgPool, MaxPool, Reshape
 from jbp.embedding import Embedding
 from jbp.layers import Activation, Dense, Dropout, Flatten, Layer, layer
 from jbp.mlp import MLP
@@ -50,6 +53,11 @@ __version__ = "0.1.0"
 __all__ = [
     "MLP",
     "Activation",
+    "AvgPool",
+    "Conv",
+    "GlobalAvgPool",
+    "MaxPool",
+    "Reshape",
     "BatchNorm",
     "Dropout",
     "Embedding",
@@ -69,11 +77,13 @@ __all__ = [
     "check_layer",
     "check_model",
     "combinators",
+    "conv",
     "embedding",
     "epoch",
     "heads",
     "layer",
     "model",
+    "models",
     "norms",
     "DivergenceError",
     "TrainState",
