@@ -221,8 +221,8 @@ class FlaxRunner:
 
         model = Net(w.sizes, nnx.Rngs(0))
         for layer, p in zip(model.layers, params, strict=True):  # the shared fresh params
-            layer.kernel.value = jnp.asarray(p["W"], dtype)
-            layer.bias.value = jnp.asarray(p["b"], dtype)
+            layer.kernel[...] = jnp.asarray(p["W"], dtype)
+            layer.bias[...] = jnp.asarray(p["b"], dtype)
         optimizer = nnx.Optimizer(model, _optax_optimizer(w), wrt=nnx.Param)
         self.graphdef, self.nstate = nnx.split((model, optimizer))
 

@@ -1084,6 +1084,22 @@ def _import(mod, spec):
         raise ValueError(f"{spec!r}: importing {mod!r} failed: {e}") from e
 
 
+def load_module_attribute(mod, attr, spec):
+    """``mod:attr`` imported (a module name, or a path to a .py file); ``attr`` may be dotted.
+
+    Raises ``ValueError`` naming what was not found.
+    """
+    if not mod or not attr:
+        raise ValueError(f"{spec!r}: both the module and the attribute must be given")
+    obj = _import(mod, spec)
+    for i, part in enumerate(attr.split(".")):
+        if not hasattr(obj, part):
+            where = mod if i == 0 else f"{mod}:{'.'.join(attr.split('.')[:i])}"
+            raise ValueError(f"{spec!r}: {where} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
 def load_target(spec):
     """Resolve ``"module:attribute"`` (or ``"path/to/file.py:attribute"``) to a layer or model.
 
@@ -1098,14 +1114,7 @@ def load_target(spec):
             f"expected 'module:attribute' or 'path/to/file.py:attribute', got {spec!r}"
         )
     mod, _, attr = spec.rpartition(":")
-    if not mod or not attr:
-        raise ValueError(f"{spec!r}: both the module and the attribute must be given")
-    obj = _import(mod, spec)
-    for i, part in enumerate(attr.split(".")):
-        if not hasattr(obj, part):
-            where = mod if i == 0 else f"{mod}:{'.'.join(attr.split('.')[:i])}"
-            raise ValueError(f"{spec!r}: {where} has no attribute {part!r}")
-        obj = getattr(obj, part)
+    obj = load_module_attribute(mod, attr, spec)
     if isinstance(obj, type) or (not (_is_layer(obj) or _is_model(obj)) and callable(obj)):
         try:
             inspect.signature(obj).bind()

@@ -57,7 +57,7 @@ def build_parser():
     c.add_argument("--json", action="store_true", help="last line of stdout: the report as JSON")
     b = sub.add_parser("bench", help="throughput side by side with the baselines (jbp.bench)")
     b.add_argument("--quick", action="store_true", help="small data, one repeat: under a minute")
-    b.add_argument("--workloads", default="a,b,c", help="a,b,c (see jbp.bench.WORKLOADS)")
+    b.add_argument("--workloads", default="a,b,c,cnn", help="a,b,c,cnn (see jbp.bench.WORKLOADS)")
     b.add_argument("--contenders", help="comma-separated subset (default: all importable)")
     b.add_argument("--examples", type=_positive_int("--examples"), help="training examples")
     b.add_argument("--repeats", type=_positive_int("--repeats"), help="timed epochs (best kept)")
@@ -104,7 +104,7 @@ def _train(args, stop):
     if not args.quiet and not args.json:
         print(
             f"jbp train: {args.data} ({ds.x_train.shape[0]} train / {ds.x_test.shape[0]} test), "
-            f"sizes {net.sizes}, {args.optimizer or 'adam'}, batch "
+            f"{_describe_model(args, net)}, {args.optimizer or 'adam'}, batch "
             f"{'full' if batch_size is None else batch_size}, {epochs} epochs, {args.backward} backward",
             flush=True,
         )
@@ -167,8 +167,8 @@ def _train(args, stop):
         params_sha256=train.params_sha256(state.params),
     )
     if history and history[-1].get("early_stopped"):
-        final["test_loss"] = float(net.loss(state.params, *_test(ds, dtype)))
-        final["test_accuracy"] = float(net.accuracy(state.params, *_test(ds, dtype)))
+        loss, acc = net.evaluate(state.params, state.model_state, *_test(ds, dtype))
+        final["test_loss"], final["test_accuracy"] = float(loss), float(acc)
     interrupted = stop.signum is not None and int(state.epoch) < epochs
     if interrupted:
         final["interrupted"] = signal.Signals(stop.signum).name
@@ -182,8 +182,17 @@ def _train(args, stop):
 
 def _test(ds, dtype):
     import jax.numpy as jnp
+    import numpy as np
 
-    return jnp.asarray(ds.x_test, dtype), jnp.asarray(ds.y_test)
+    x = ds.x_test if not np.issubdtype(ds.x_test.dtype, np.floating) else ds.x_test.astype(dtype)
+    return jnp.asarray(x), jnp.asarray(ds.y_test)
+
+
+def _describe_model(args, net):
+    if args.model == "mlp":
+        return f"sizes {net.sizes}"
+    n = getattr(net, "n_params", None)
+    return f"model {args.model}" + (f" ({n:,} parameters)" if n else "")
 
 
 # ------------------------------------------------------- checkpoints, resume, signals
@@ -192,12 +201,13 @@ def _run_config(args, net, batch_size):
     preset, pick = _preset(args)
     hparams = ("beta", "beta1", "beta2", "eps", "bias_correction")
     sched = ("decay_rate", "time_interval", "base", "k", "factor", "every", "boundaries", "values")
+    if args.model == "mlp":  # the keys of checkpoints written before --model existed
+        model = net.config()
+    else:
+        model = {"model": args.model, "network": net.config()}
     return {
         "data": args.data,
-        "sizes": list(net.sizes),
-        "activation": net.activation if isinstance(net.activation, str) else list(net.activation),
-        "output": net.output,
-        "cost": net.cost,
+        **model,
         "dtype": args.dtype,
         "batch_size": "full" if batch_size is None else batch_size,
         "seed": args.seed,

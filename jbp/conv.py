@@ -272,7 +272,8 @@ class Conv(Layer):
         if self.use_bias:
             y = y + params["b"]
         # the cache is x: rebuilding P in the backward cost no measurable time (see the table
-        # above) and keeps the cache kh·kw times smaller
+        # above; on a quiet machine too: 23.4 vs 23.8 ms for 14×14×32→64 at batch 128, XLA
+        # shares the slices) and keeps the cache kh·kw times smaller
         return y, x
 
     @_jit_method
@@ -361,8 +362,14 @@ class MaxPool(Layer):
         hw = shape.shape[1:3]
         pads = _pads(self.padding, hw, self.window, self.strides)
         zero = jnp.zeros((), dy.dtype)
-        k_all = self.window[0] * self.window[1]
-        parts = [jnp.where(idx == k, dy, zero) for k in range(k_all)]
+        (kh, kw), (n, ho, wo, c) = self.window, dy.shape
+        parts = [jnp.where(idx == k, dy, zero) for k in range(kh * kw)]
+        if self.strides == self.window and (ho * kh, wo * kw) == hw and not any(sum(pads, ())):
+            # windows that tile the input: interleave the parts with one transpose instead of
+            # kh·kw padded copies of the input's size (the general path below) — 28×28×32 at
+            # batch 128 inside lax.scan: ≈ 1.3 ms instead of ≈ 7.6 ms
+            tiles = jnp.stack(parts, axis=3).reshape(n, ho, wo, kh, kw, c)
+            return tiles.transpose(0, 1, 3, 2, 4, 5).reshape(n, *hw, c)
         return _place(parts, self.window, self.strides, pads, hw)
 
 

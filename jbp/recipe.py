@@ -34,6 +34,19 @@ PRESETS = {
     "idx": dict(hidden="256", activation="relu", batch_size="128", epochs=10, lr=1e-3),
 }
 GENERIC = dict(output="softmax", cost="cross_entropy", optimizer="adam", schedule="constant")
+# Defaults of the built-in CNN (jbp.models.cnn) per data set; they replace the MLP's.
+CNN_PRESETS = {
+    "digits": dict(batch_size="64", epochs=15, lr=3e-3),
+    "fashion-mnist": dict(
+        batch_size="128",
+        epochs=8,
+        lr=1e-3,
+        schedule="piecewise",
+        piecewise=dict(boundaries_epochs=[6], values=[1e-4]),
+    ),
+    "idx": dict(batch_size="128", epochs=8, lr=1e-3),
+}
+MLP_ONLY = ("layers", "activation", "output", "cost")
 
 
 def _positive_float(name):
@@ -106,6 +119,13 @@ def _float_list(name, text):
 def _add_train_args(p):
     g = p.add_argument_group("data and network")
     g.add_argument("--data", default="digits", help="digits | moons | fashion-mnist | idx:DIR")
+    g.add_argument(
+        "--model",
+        default="mlp",
+        help="mlp (default: --layers, --activation …) | cnn (conv32-pool-conv64-pool-dense128-"
+        "dense10, see jbp.models.cnn) | module:function or path/to/file.py:function returning "
+        "a jbp model (called with in_shape= and n_classes= if it takes them)",
+    )
     g.add_argument(
         "--layers",
         help="all layer widths, e.g. 64,30,10; the first/last may be _ to infer them from the "
@@ -189,7 +209,10 @@ def train_parser(prog="jbp train"):
 def _preset(args):
     """The data set's defaults, and ``pick(name)``: the flag if given, else the default."""
     preset = dict(GENERIC)
-    preset.update(PRESETS.get("idx" if args.data.startswith("idx:") else args.data, {}))
+    name = "idx" if args.data.startswith("idx:") else args.data
+    preset.update(PRESETS.get(name, {}))
+    if getattr(args, "model", "mlp") == "cnn":
+        preset.update(CNN_PRESETS.get(name, {}))
 
     def pick(name):
         value = getattr(args, name)
@@ -203,43 +226,19 @@ def resolve_train(args):
     import jax.numpy as jnp
 
     from jbp import data as data_mod
-    from jbp import mlp, optim, schedules
+    from jbp import optim, schedules
 
     preset, pick = _preset(args)
     ds = data_mod.load(args.data)
-    n_in, n_out = data_mod.n_features(ds), data_mod.n_classes(ds)
-    output, cost = pick("output"), pick("cost")
-    if n_out == 2 and output == "sigmoid":
-        n_out = 1
-    if args.layers is not None:
-        sizes = _int_list("--layers", args.layers, allow_auto=True)
-        if len(sizes) < 2:
-            raise UsageError(
-                f"--layers needs at least an input and an output width, got {args.layers!r}"
-            )
-    else:
-        sizes = [None, *_int_list("--layers", preset["hidden"]), None]
-    if sizes[0] is None:
-        sizes[0] = n_in
-    if sizes[-1] is None:
-        sizes[-1] = n_out
-    if sizes[0] != n_in:
-        raise UsageError(
-            f"--layers starts with {sizes[0]} but data {args.data!r} has {n_in} input features"
-        )
-    if sizes[-1] != n_out and not (sizes[-1] == 1 and n_out == 2):
-        raise UsageError(
-            f"--layers ends with {sizes[-1]} but data {args.data!r} has {n_out} classes"
-        )
-    activation = pick("activation")
-    if "," in activation:
-        activation = tuple(a.strip() for a in activation.split(","))
     dtype = jnp.float64 if args.dtype == "float64" else jnp.float32
     if args.dtype == "float64":
         import jax
 
         jax.config.update("jax_enable_x64", True)
-    net = mlp.MLP(tuple(sizes), activation, output, cost)
+    if getattr(args, "model", "mlp") == "mlp":
+        net = _mlp(args, ds, preset, pick)
+    else:
+        net, ds = _model(args, ds)
 
     bs_text = args.batch_size if args.batch_size is not None else preset.get("batch_size", "64")
     if str(bs_text).lower() == "full":
@@ -270,6 +269,8 @@ def resolve_train(args):
     ):
         if getattr(args, flag) is not None:
             sparams[key] = getattr(args, flag)
+    if sched_name == "piecewise" and args.schedule is None:  # the preset's own steps
+        sparams.update(preset.get("piecewise", {}))
     if args.boundaries is not None:
         sparams["boundaries_epochs"] = [
             int(v) for v in _float_list("--boundaries", args.boundaries)
@@ -288,3 +289,92 @@ def resolve_train(args):
         hp["bias_correction"] = True
     optimizer = optim.get(opt_name, lr, **hp)
     return net, optimizer, ds, batch_size, epochs, dtype
+
+
+def _mlp(args, ds, preset, pick):
+    """``--model mlp``: a ``jbp.MLP`` from --layers, --activation, --output, --cost."""
+    from jbp import data as data_mod
+    from jbp import mlp
+
+    n_in, n_out = data_mod.n_features(ds), data_mod.n_classes(ds)
+    n_in, n_out = data_mod.n_features(ds), data_mod.n_classes(ds)
+    output, cost = pick("output"), pick("cost")
+    if n_out == 2 and output == "sigmoid":
+        n_out = 1
+    if args.layers is not None:
+        sizes = _int_list("--layers", args.layers, allow_auto=True)
+        if len(sizes) < 2:
+            raise UsageError(
+                f"--layers needs at least an input and an output width, got {args.layers!r}"
+            )
+    else:
+        sizes = [None, *_int_list("--layers", preset["hidden"]), None]
+    if sizes[0] is None:
+        sizes[0] = n_in
+    if sizes[-1] is None:
+        sizes[-1] = n_out
+    if sizes[0] != n_in:
+        raise UsageError(
+            f"--layers starts with {sizes[0]} but data {args.data!r} has {n_in} input features"
+        )
+    if sizes[-1] != n_out and not (sizes[-1] == 1 and n_out == 2):
+        raise UsageError(
+            f"--layers ends with {sizes[-1]} but data {args.data!r} has {n_out} classes"
+        )
+    activation = pick("activation")
+    if "," in activation:
+        activation = tuple(a.strip() for a in activation.split(","))
+    return mlp.MLP(tuple(sizes), activation, output, cost)
+
+
+def _model(args, ds):
+    """``--model cnn`` or ``module:function``: a jbp model, and the data shaped for it."""
+    import inspect
+
+    from jbp import check, models
+    from jbp import data as data_mod
+
+    given = [f"--{f}" for f in MLP_ONLY if getattr(args, f) is not None]
+    if given:
+        raise UsageError(
+            f"{', '.join(given)} shape the MLP; --model {args.model} defines its own layers"
+        )
+    n_classes = data_mod.n_classes(ds)
+    if args.model == "cnn":
+        if ds.x_train.ndim == 2 and data_mod.n_features(ds) == 2:
+            raise UsageError(f"--model cnn needs images; data {args.data!r} has 2 features")
+        shape = _image_shape(ds)
+        net = models.cnn(in_shape=shape, n_classes=n_classes)
+    else:
+        if ":" not in args.model:
+            raise UsageError(f"--model must be mlp, cnn or module:function, got {args.model!r}")
+        mod, _, attr = args.model.rpartition(":")
+        fn = check.load_module_attribute(mod, attr, args.model)
+        if not callable(fn) or hasattr(fn, "train_grad"):
+            net = fn
+        else:
+            accepted = inspect.signature(fn).parameters
+            kw = {"in_shape": _image_shape(ds), "n_classes": n_classes}
+            net = fn(**{k: v for k, v in kw.items() if k in accepted})
+        if not callable(getattr(net, "train_grad", None)):
+            raise UsageError(
+                f"--model {args.model} gave {type(net).__name__}, not a jbp model (jbp.Network, "
+                f"jbp.MLP, jbp.adapters.from_function / from_nnx)"
+            )
+    in_shape = getattr(net, "in_shape", None)
+    if in_shape is not None:
+        ds = data_mod.as_shape(ds, in_shape)
+    return net, ds
+
+
+def _image_shape(ds):
+    """One example's shape as an image: (h, w, c) kept, a square of pixels made (h, h, 1)."""
+    import math
+
+    shape = ds.x_train.shape[1:]
+    if len(shape) == 3:
+        return tuple(shape)
+    side = math.isqrt(math.prod(shape))
+    if side * side != math.prod(shape):
+        return tuple(shape)
+    return (side, side, 1)

@@ -76,3 +76,32 @@ def test_bad_workload_is_one_line_exit_2():
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "--workloads" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_the_cnn_contenders_train_the_same_network():
+    """From the shared parameters every CNN contender computes the same logits' argmax."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jbp import bench_baselines, bench_cnn
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 784), dtype=np.float32), rng.integers(0, 10, 64).astype(np.int32)
+    w = bench_cnn.WORKLOAD._replace(batch=32)
+    params = bench_cnn.init_params(w, 0)
+    names = [c for c in bench_cnn.CONTENDERS if c != "torch" or bench_baselines.torch_available()]
+    acc = {n: bench_cnn.make_runner(n, w, x, y, params, jnp.float32).accuracy(x, y) for n in names}
+    assert len(set(acc.values())) == 1, acc
+    assert w.weights == 28 * 28 * 32 * 9 + 14 * 14 * 64 * 9 * 32 + 7 * 7 * 64 * 128 + 128 * 10
+
+
+def test_quick_cnn_bench(tmp_path):
+    r = _run_cli(
+        "--quick", "--workloads", "cnn", "--contenders", "jbp-manual,jax-conv-jit",
+        "--examples", "256", "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = res["workloads"]["cnn"]["results"]
+    assert [row["contender"] for row in rows] == ["jbp-manual", "jax-conv-jit"]
+    assert all(row["examples_per_s"] > 0 and "error" not in row for row in rows)

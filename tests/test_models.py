@@ -1,0 +1,90 @@
+"""The ready-made CNN: checked, trained from the command line, resumed exactly, over devices."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jbp
+from jbp.data import Dataset
+
+SMALL = dict(width=(4, 8, 16))  # the CNN's shape, narrow enough for the test suite
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = jbp.data.load("digits", images=True)
+    return Dataset(ds.x_train[:150], ds.y_train[:150], ds.x_test[:60], ds.y_test[:60])
+
+
+def test_the_cnn_passes_check_model():
+    net = jbp.models.cnn((8, 8, 1), 10, batchnorm=True, dropout=0.0, **SMALL)
+    x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1), jnp.float64)
+    report = jbp.check_model(net, x, jnp.array([1, 4, 9]))
+    assert report.ok, report.table()
+
+
+def test_a_batchnorm_dropout_cnn_resumes_bit_exactly(digits):
+    net = jbp.models.cnn((8, 8, 1), 10, batchnorm=True, dropout=0.25, **SMALL)
+    assert net.batch_coupled and net.stochastic
+    opt, kw = jbp.optim.adam(3e-3), dict(batch_size=32, key=jax.random.key(0))
+    full, _ = jbp.fit(net, opt, digits, epochs=3, **kw)
+    half, _ = jbp.fit(net, opt, digits, epochs=1, **kw)
+    resumed, _ = jbp.fit(net, opt, digits, epochs=3, state=half, batch_size=32)
+    assert jbp.params_sha256(resumed) == jbp.params_sha256(full)
+    assert not np.allclose(full.model_state[1]["mean"], 0)  # running statistics moved
+
+
+def test_two_devices_give_the_one_device_test_loss_in_float32(digits):
+    net = jbp.models.cnn((8, 8, 1), 10, batchnorm=True, dropout=0.0, **SMALL)
+    kw = dict(batch_size=40, epochs=2, key=jax.random.key(0), dtype=jnp.float32)
+    _, one = jbp.fit(net, jbp.optim.adam(3e-3), digits, **kw)
+    _, two = jbp.fit(net, jbp.optim.adam(3e-3), digits, devices=2, **kw)
+    for a, b in zip(one, two, strict=True):
+        assert b["test_loss"] == pytest.approx(a["test_loss"], abs=1e-5)
+
+
+def _train(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "jbp", "train", "--data", "digits", "--json", "--quiet", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+def test_train_a_cnn_and_a_users_model_from_the_command_line(tmp_path):
+    r = _train("--model", "cnn", "--epochs", "2", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr
+    final = json.loads(r.stdout.strip().splitlines()[-1])
+    assert final["epoch"] == 2 and final["test_accuracy"] > 0.3
+    assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
+    r = _train("--model", "cnn", "--epochs", "3", "--out", str(tmp_path / "run"), "--resume")
+    assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["epoch"] == 3
+    (tmp_path / "mine.py").write_text(
+        "import jbp\n"
+        "def model(in_shape, n_classes):\n"
+        "    layers = jbp.Sequential(jbp.Flatten(), jbp.Dense(16, 'tanh'), jbp.Dense(n_classes))\n"
+        "    return jbp.Network(layers, in_shape=in_shape)\n"
+    )
+    r = _train("--model", "mine:model", "--epochs", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["test_accuracy"] > 0.3
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model", "cnn", "--layers", "64,10"], "--layers shape the MLP"),
+        (["--model", "resnet"], "mlp, cnn or module:function"),
+        (["--model", "no_such_mod_xyz:f"], "not found"),
+    ],
+)
+def test_bad_models_exit_2(args, message):
+    r = _train(*args, "--epochs", "1")
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
