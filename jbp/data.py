@@ -265,9 +265,14 @@ def load_idx_dir(
     x_train, y_train = _read_pair(paths[0], paths[1], max_classes, images)
     x_test, y_test = _read_pair(paths[2], paths[3], max_classes, images)
     if x_train.shape[1:] != x_test.shape[1:]:
+        if images:
+            raise DataError(
+                f"{directory}: training images have shape {x_train.shape[1:]} but test images "
+                f"{x_test.shape[1:]}"
+            )
         raise DataError(
-            f"{directory}: training images have shape {x_train.shape[1:]} but test images "
-            f"{x_test.shape[1:]}"
+            f"{directory}: training images have {x_train.shape[1]} pixels but test images "
+            f"have {x_test.shape[1]}"
         )
     return Dataset(x_train, y_train, x_test, y_test)
 
