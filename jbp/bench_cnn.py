@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jbp import bench_baselines
+
 CONTENDERS = ("jbp-manual", "jbp-autodiff", "jax-conv-jit", "jax-conv-scan", "flax-nnx", "torch")
 
 
@@ -206,8 +208,9 @@ class JaxConvRunner:
 
 
 # -------------------------------------------------------------------------- Flax NNX
-class FlaxRunner:
-    """``nnx.Conv`` / ``nnx.Linear`` + ``nnx.Optimizer``; one jitted step per mini-batch."""
+class FlaxRunner(bench_baselines.FlaxRunner):
+    """``nnx.Conv`` / ``nnx.Linear`` + ``nnx.Optimizer``; one jitted step per mini-batch (the
+    epoch loop is the dense baseline's)."""
 
     def __init__(self, w, x, y, params, dtype):
         from flax import nnx
@@ -259,27 +262,15 @@ class FlaxRunner:
         self.key = jax.random.key(1)
         self.x, self.y = jnp.asarray(images(x, w), dtype), jnp.asarray(y)
 
-    def epoch(self, budget_s=None):
-        t0 = time.perf_counter()
-        self.key, sub = jax.random.split(self.key)
-        xb, yb = self.shuffle(sub, self.x, self.y, self.batch)
-        done = 0
-        for i in range(xb.shape[0]):
-            self.nstate, loss = self.step(self.graphdef, self.nstate, xb[i], yb[i])
-            done += self.batch
-            if budget_s is not None and time.perf_counter() - t0 > budget_s:
-                break
-        jax.block_until_ready(loss)
-        return done
-
     def accuracy(self, x, y):
         logits = self.predict(self.graphdef, self.nstate, jnp.asarray(images(x, WORKLOAD)))
         return float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(y)))
 
 
 # ---------------------------------------------------------------------- PyTorch eager
-class TorchRunner:
-    """PyTorch eager: ``nn.Conv2d`` / ``nn.MaxPool2d`` / ``nn.Linear``, ``torch.optim.Adam``."""
+class TorchRunner(bench_baselines.TorchRunner):
+    """PyTorch eager: ``nn.Conv2d`` / ``nn.MaxPool2d`` / ``nn.Linear``, ``torch.optim.Adam`` (the
+    epoch loop is the dense baseline's)."""
 
     def __init__(self, w, x, y, params, dtype):
         import torch
@@ -310,23 +301,6 @@ class TorchRunner:
         self.batch = w.batch
         self.epoch_size = (x.shape[0] // w.batch) * w.batch
         self.gen = torch.Generator().manual_seed(1)
-
-    def epoch(self, budget_s=None):
-        torch = self.torch
-        t0 = time.perf_counter()
-        n, b = self.x.shape[0], self.batch
-        perm = torch.randperm(n, generator=self.gen)
-        done = 0
-        for i in range(n // b):
-            idx = perm[i * b : (i + 1) * b]
-            self.opt.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.model(self.x[idx]), self.y[idx])
-            loss.backward()
-            self.opt.step()
-            done += b
-            if budget_s is not None and time.perf_counter() - t0 > budget_s:
-                break
-        return done
 
     def accuracy(self, x, y):
         torch = self.torch
