@@ -2,7 +2,7 @@
 
 A checkpoint is one orbax directory with two items::
 
-    <dir>/state/   the TrainState pytree (params, opt_state, step, epoch, key), orbax's
+    <dir>/state/   the TrainState pytree (params, opt_state, step, epoch, key, model_state), orbax's
                    StandardSave: every leaf's exact bytes, shape and dtype
     <dir>/meta/    a small JSON object: format, epoch, step, ``state_sha256`` (SHA-256 of every
                    leaf's bytes, in tree order) and the run's ``config`` (sizes, activation,
