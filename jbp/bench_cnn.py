@@ -241,20 +241,11 @@ class FlaxRunner(bench_baselines.FlaxRunner):
         optimizer = nnx.Optimizer(model, optax.adam(w.lr), wrt=nnx.Param)
         self.graphdef, self.nstate = nnx.split((model, optimizer))
 
-        def loss_fn(model, x, y):
-            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-
-        def step(graphdef, nstate, x, y):
-            model, optimizer = nnx.merge(graphdef, nstate)
-            loss, grads = nnx.value_and_grad(loss_fn)(model, x, y)
-            optimizer.update(model, grads)
-            return nnx.state((model, optimizer)), loss
-
         def predict(graphdef, nstate, x):
             model, _ = nnx.merge(graphdef, nstate)
             return model(x)
 
-        self.step = jax.jit(step, static_argnums=0, donate_argnums=1)
+        self.step = jax.jit(bench_baselines.nnx_step, static_argnums=0, donate_argnums=1)
         self.predict = jax.jit(predict, static_argnums=0)
         self.shuffle = jax.jit(_shuffle, static_argnums=3)
         self.batch = w.batch
