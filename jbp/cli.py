@@ -10,34 +10,23 @@ import os
 import signal
 import sys
 
-from jbp.recipe import (  # noqa: F401 - the recipe flags are part of the command line
-    GENERIC,
-    PRESETS,
-    UsageError,
-    _add_train_args,
-    _int_list,
-    _Parser,
-    _positive_int,
-    _preset,
-    resolve_train,
-)
+from jbp.flags import EXIT_BAD_INPUT, Parser, UsageError, add_train_args, count, int_list
 
-EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_PEER_LOST = 4  # multi-process: another process died or was stopped
 
 
 def build_parser():
-    p = _Parser(prog="jbp", description="JAX backprop: train, check gradients, benchmark.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = Parser(prog="jbp", description="JAX backprop: train, check gradients, benchmark.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     t = sub.add_parser("train", help="train a network", description="Train an MLP.")
-    _add_train_args(t)
+    add_train_args(t)
     g = sub.add_parser("gradcheck", help="check the manual backward against jax.grad and FD")
     g.add_argument("--layers", default="4,5,3")
     g.add_argument("--activation", default="tanh")
     g.add_argument("--output", default="softmax")
     g.add_argument("--cost", default="cross_entropy")
-    g.add_argument("--batch", type=_positive_int("--batch"), default=8)
+    g.add_argument("--batch", type=count("--batch"), default=8)
     g.add_argument("--method", default="central", choices=("central", "forward"))
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--json", action="store_true")
@@ -52,15 +41,15 @@ def build_parser():
     c.add_argument(
         "--in-shape", help="one example's input shape, e.g. 28,28,1 (needed for a layer)"
     )
-    c.add_argument("--batch", type=_positive_int("--batch"), default=4)
+    c.add_argument("--batch", type=count("--batch"), default=4)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", action="store_true", help="last line of stdout: the report as JSON")
     b = sub.add_parser("bench", help="throughput side by side with the baselines (jbp.bench)")
     b.add_argument("--quick", action="store_true", help="small data, one repeat: under a minute")
     b.add_argument("--workloads", default="a,b,c,cnn", help="a,b,c,cnn (see jbp.bench.WORKLOADS)")
     b.add_argument("--contenders", help="comma-separated subset (default: all importable)")
-    b.add_argument("--examples", type=_positive_int("--examples"), help="training examples")
-    b.add_argument("--repeats", type=_positive_int("--repeats"), help="timed epochs (best kept)")
+    b.add_argument("--examples", type=count("--examples"), help="training examples")
+    b.add_argument("--repeats", type=count("--repeats"), help="timed epochs (best kept)")
     b.add_argument("--out", help="directory for bench.json and bench.png")
     b.add_argument("--bf16", action="store_true", help="bfloat16 parameters, data and matmuls")
     b.add_argument("--time-to-accuracy", action="store_true", help="also time Fashion-MNIST runs")
@@ -92,87 +81,78 @@ def _train(args, stop):
     try:
         parallel.setup(args.devices, args.coordinator, args.num_processes, args.process_id)
     except parallel.PeerError as e:
-        print(f"jbp train: {e}", file=sys.stderr, flush=True)
-        os._exit(EXIT_PEER_LOST)  # the half-started runtime would wait for its peers at exit
+        _exit_peer_lost(e)
     import jax
 
-    from jbp import report, train
+    from jbp import flags, recipe, run, train
 
-    net, optimizer, ds, batch_size, epochs, dtype = resolve_train(args)
-    out = report.RunDir(args.out) if args.out and parallel.is_writer() else None
-    ckpts, config, state0 = _start_state(args, out, net, optimizer, batch_size, dtype)
+    r = recipe.build(flags.run_config(args))
+    out = run.Run(
+        args.out,
+        resume=args.resume,
+        keep=args.keep,
+        checkpoint_every=args.checkpoint_every,
+        writer=parallel.is_writer(),
+    )
+    state0 = out.start(r, jax.random.key(args.seed))
     if not args.quiet and not args.json:
-        print(
-            f"jbp train: {args.data} ({ds.x_train.shape[0]} train / {ds.x_test.shape[0]} test), "
-            f"{_describe_model(args, net)}, {args.optimizer or 'adam'}, batch "
-            f"{'full' if batch_size is None else batch_size}, {epochs} epochs, {args.backward} backward",
-            flush=True,
-        )
-
-    last = {"state": None, "saved": None if state0 is None else int(state0.epoch)}
+        print(f"jbp train: {_describe(args, r)}", flush=True)
 
     def callback(state, rec):
-        last["state"] = state  # the true end-of-epoch state (early stopping swaps params later)
-        if out is not None:
-            out.append_metrics(rec)  # before the checkpoint: a resume truncates, never misses
-            if ckpts is not None and rec["epoch"] % args.checkpoint_every == 0:
-                ckpts.save(state, config=config)
-                last["saved"] = rec["epoch"]
+        out.after_epoch(state, rec)
         if not args.quiet:
             from tqdm.auto import tqdm
 
-            tqdm.write(_epoch_line(rec, epochs), file=sys.stdout)  # above any progress bar
+            tqdm.write(_epoch_line(rec, r.epochs), file=sys.stdout)  # above any progress bar
             sys.stdout.flush()
         return stop.signum is not None
 
     try:
+        c = r.config
         state, history = train.fit(
-            net,
-            optimizer,
-            ds,
-            batch_size=batch_size,
-            epochs=epochs,
-            key=jax.random.key(args.seed),
-            state=state0,
-            backward=args.backward,
-            dtype=dtype,
-            patience=args.patience,
-            callback=callback,
-            progress=sys.stderr.isatty(),
-            devices=args.devices,
-            parallel=args.parallel,
-        )
-        if out is not None and ckpts is not None and last["state"] is not None:
-            if int(last["state"].epoch) != last["saved"]:  # the end, or a stop between saves
-                ckpts.save(last["state"], config=config)
+            r.model, r.optimizer, r.data, batch_size=r.batch_size, epochs=r.epochs,
+            key=jax.random.key(c.seed), state=state0, backward=c.backward, dtype=r.dtype,
+            patience=c.patience, callback=callback, progress=sys.stderr.isatty(),
+            devices=c.devices, parallel=c.parallel,
+        )  # fmt: skip
+        out.finish()
     except train.DivergenceError as e:
         print(f"jbp train: {e}", file=sys.stderr)
         return EXIT_DIVERGED
     except parallel.PeerError as e:
-        print(f"jbp train: {e}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(EXIT_PEER_LOST)  # skip JAX's exit barrier, which would wait for the dead peer
+        _exit_peer_lost(e)
     finally:
-        if ckpts is not None:
-            ckpts.close()
-    if out is not None:
-        out.plot()
+        out.close()
+    out.plot()
+    return _report(args, r, state, history, out, stop)
+
+
+def _exit_peer_lost(e):
+    print(f"jbp train: {e}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_PEER_LOST)  # skip JAX's exit barrier, which would wait for the dead peer
+
+
+def _report(args, r, state, history, out, stop):
+    """The final line (accuracy, or the JSON record), and where a stopped run stands."""
+    from jbp import train
+
     final = dict(history[-1]) if history else {}
-    if not history and out is not None and out.read_metrics():
-        final = dict(out.read_metrics()[-1])  # resumed at or past --epochs: report where it is
+    if not history and out.records():
+        final = dict(out.records()[-1])  # resumed at or past --epochs: report where it is
     final.update(
         epoch=int(state.epoch),
         step=int(state.step),
-        seconds=sum(r["seconds"] for r in history),
+        seconds=sum(rec["seconds"] for rec in history),
         params_sha256=train.params_sha256(state.params),
     )
     if history and history[-1].get("early_stopped"):
-        loss, acc = net.evaluate(state.params, state.model_state, *_test(ds, dtype))
+        loss, acc = r.model.evaluate(state.params, state.model_state, *_test(r.data, r.dtype))
         final["test_loss"], final["test_accuracy"] = float(loss), float(acc)
-    interrupted = stop.signum is not None and int(state.epoch) < epochs
+    interrupted = stop.signum is not None and int(state.epoch) < r.epochs
     if interrupted:
         final["interrupted"] = signal.Signals(stop.signum).name
-        _report_stop(args, stop.signum, state, epochs, ckpts if out is not None else None)
+        _report_stop(args, stop.signum, state, r.epochs, out)
     if not args.json:
         print(f"test accuracy {final.get('test_accuracy', float('nan')):.4f}")
     else:
@@ -188,81 +168,21 @@ def _test(ds, dtype):
     return jnp.asarray(x), jnp.asarray(ds.y_test)
 
 
-def _describe_model(args, net):
-    if args.model == "mlp":
-        return f"sizes {net.sizes}"
-    n = getattr(net, "n_params", None)
-    return f"model {args.model}" + (f" ({n:,} parameters)" if n else "")
+def _describe(args, r):
+    """``digits (1437 train / 360 test), sizes (64, 30, 10), adam, batch 64, …``."""
+    from jbp import options
 
-
-# ------------------------------------------------------- checkpoints, resume, signals
-def _run_config(args, net, batch_size):
-    """What a checkpoint records about its run; ``--resume`` must match all but ``epochs``."""
-    preset, pick = _preset(args)
-    hparams = ("beta", "beta1", "beta2", "eps", "bias_correction")
-    sched = ("decay_rate", "time_interval", "base", "k", "factor", "every", "boundaries", "values")
-    if args.model == "mlp":  # the keys of checkpoints written before --model existed
-        model = net.config()
-    else:
-        model = {"model": args.model, "network": net.config()}
-    return {
-        "data": args.data,
-        **model,
-        "dtype": args.dtype,
-        "batch_size": "full" if batch_size is None else batch_size,
-        "seed": args.seed,
-        "backward": args.backward,
-        "optimizer": pick("optimizer"),
-        "lr": pick("lr"),
-        "hparams": {h: getattr(args, h) for h in hparams if getattr(args, h) not in (None, False)},
-        "schedule": pick("schedule"),
-        "schedule_params": {h: getattr(args, h) for h in sched if getattr(args, h) is not None},
-    }  # not --epochs: resuming to a later target is the point
-
-
-def _start_state(args, out, net, optimizer, batch_size, dtype):
-    """``(checkpoints, config, state)``: where to save, and a restored state or None (fresh).
-
-    Without ``--resume`` a folder that already holds checkpoints is refused (they would be
-    mixed with a new run's). With it, the latest readable checkpoint is restored (see
-    :mod:`jbp.checkpoint` for the policy) and ``metrics.jsonl`` is cut back to its epoch.
-    """
-    import jax
-
-    from jbp import checkpoint, train
-
-    if args.resume and not args.out:
-        raise UsageError("--resume needs --out DIR: the run folder to continue")
-    if not args.out:
-        return None, None, None
-    ckpts = checkpoint.CheckpointDir(args.out, keep=args.keep)
-    config = _run_config(args, net, batch_size)
-    if not args.resume:
-        if ckpts.steps():
-            raise UsageError(
-                f"--out {args.out} already holds checkpoints (epoch {ckpts.steps()[-1]}): add "
-                f"--resume to continue that run, or choose another --out"
-            )
-        if out is not None:
-            out.write_metrics([])  # a fresh run starts a fresh log
-        return ckpts, config, None
-    like = train.init_state(net, optimizer, jax.random.key(args.seed), dtype)
-    found = ckpts.restore_latest(like, config=config, set_aside=out is not None)
-    if found is None:
-        print(f"jbp train: no checkpoint in {ckpts.directory}: starting anew", file=sys.stderr)
-        if out is not None:
-            out.write_metrics([])
-        return ckpts, config, None
-    for step, reason, moved in found.skipped:
-        print(f"jbp train: skipped checkpoint {step}: {reason}; moved to {moved}", file=sys.stderr)
-    if out is not None:
-        out.write_metrics([r for r in out.read_metrics() if r.get("epoch", 0) <= found.step])
-    print(
-        f"jbp train: resuming from {ckpts.path(found.step)} (epoch {found.step}"
-        f"{', the latest readable checkpoint' if found.skipped else ''})",
-        file=sys.stderr,
+    c, ds = r.config, r.data
+    model = f"sizes {r.model.sizes}" if c.is_mlp else f"model {c.model}"
+    n = getattr(r.model, "n_params", None)
+    if not c.is_mlp and n:
+        model += f" ({n:,} parameters)"
+    batch = "full" if r.batch_size is None else r.batch_size
+    return (
+        f"{c.data} ({ds.x_train.shape[0]} train / {ds.x_test.shape[0]} test), {model}, "
+        f"{options.format_spec(c.optimizer, dict(c.optimizer_options))}, batch {batch}, "
+        f"{r.epochs} epochs, {c.backward} backward"
     )
-    return ckpts, config, found.state
 
 
 class _SignalStop:
@@ -324,12 +244,13 @@ def _same_file(a, b):
     return a is not None and os.path.realpath(a) == os.path.realpath(b)
 
 
-def _report_stop(args, signum, state, epochs, ckpts):
+def _report_stop(args, signum, state, epochs, out):
     """Say where training stopped and the exact command that continues it."""
     name, epoch = signal.Signals(signum).name, int(state.epoch)
-    where = f"saved {ckpts.path(epoch)}" if ckpts is not None else "nothing saved (no --out)"
+    path = out.checkpoint_path(epoch)
+    where = f"saved {path}" if path is not None else "nothing saved (no --out)"
     print(f"jbp train: stopped by {name} after epoch {epoch} of {epochs}; {where}", file=sys.stderr)
-    if ckpts is not None:
+    if path is not None:
         print(f"jbp train: resume with: {_resume_command(args)}", file=sys.stderr)
 
 
@@ -342,7 +263,7 @@ def cmd_gradcheck(args):
 
     from jbp import gradcheck, mlp
 
-    sizes = _int_list("--layers", args.layers)
+    sizes = int_list("--layers", args.layers)
     act = (
         tuple(a.strip() for a in args.activation.split(","))
         if "," in args.activation

@@ -29,7 +29,6 @@ Notation (the seed's): w the weights, g = ∂C/∂w the gradient, t = 1, 2, … 
 """
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -37,9 +36,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-ScalarOrSchedule = float | Callable[[jax.Array], jax.typing.ArrayLike]
+from jbp import options as _options
+from jbp.util import flag, is_real, real
 
-NAMES = ("sgd", "momentum", "rmsprop", "adam")
+ScalarOrSchedule = float | Callable[[jax.Array], jax.typing.ArrayLike]
 
 
 class SgdState(NamedTuple):
@@ -72,7 +72,7 @@ class AdamState(NamedTuple):
 def _check_lr(lr) -> None:
     if callable(lr):
         return
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+    if not is_real(lr):
         raise ValueError(f"lr must be a number > 0 or a schedule, got lr={lr!r}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got lr={lr!r}")
@@ -81,13 +81,11 @@ def _check_lr(lr) -> None:
 
 
 def _check_decay(name: str, beta) -> None:
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {name}={beta!r}")
+    real(name, beta, low=0, high=1, high_open=True)
 
 
 def _check_eps(eps) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 <= eps < math.inf:
-        raise ValueError(f"eps must be >= 0 and finite, got eps={eps!r}")
+    real("eps", eps, low=0, message=f"eps must be >= 0 and finite, got eps={eps!r}")
 
 
 # --- shared pieces ---
@@ -182,6 +180,7 @@ def momentum(
     """
     _check_lr(lr)
     _check_decay("beta", beta)
+    flag("bias_correction", bias_correction)
 
     def init(params):
         return MomentumState(*_init_state(lr), v=_zeros(params))
@@ -331,28 +330,25 @@ def _find_lr(node):
     return None
 
 
-_BUILDERS = {"sgd": sgd, "momentum": momentum, "rmsprop": rmsprop, "adam": adam}
-_HPARAMS = {
-    "sgd": (),
-    "momentum": ("beta", "bias_correction"),
-    "rmsprop": ("beta", "eps"),
-    "adam": ("b1", "b2", "eps"),
-}
+#: name -> optimizer; each one's keyword parameters after ``lr`` are its hyperparameters.
+BUILDERS = {"sgd": sgd, "momentum": momentum, "rmsprop": rmsprop, "adam": adam}
+NAMES = tuple(BUILDERS)
+
+
+def hyperparameters(name: str) -> tuple:
+    """The hyperparameter names optimizer ``name`` accepts (its function's parameters)."""
+    _, fn = _options.lookup("optimizer", name, BUILDERS)
+    return _options.accepted(fn, ("lr",))
 
 
 def get(name: str, lr: ScalarOrSchedule, **hparams) -> optax.GradientTransformation:
     """Build an optimizer from its name (``sgd``, ``momentum``, ``rmsprop``, ``adam``).
 
+    ``hparams`` are the keyword parameters of the function of that name.
+
     Example:
         >>> opt = get("adam", 1e-3, b2=0.99)
     """
-    key = str(name).strip().lower()
-    if key not in _BUILDERS:
-        raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(NAMES)}")
-    unknown = sorted(set(hparams) - set(_HPARAMS[key]))
-    if unknown:
-        accepted = ", ".join(_HPARAMS[key]) or "none"
-        raise ValueError(
-            f"optimizer {key!r} takes no hyperparameter {unknown[0]!r}; it takes: {accepted}"
-        )
-    return _BUILDERS[key](lr, **hparams)
+    key, fn = _options.lookup("optimizer", name, BUILDERS)
+    _options.check_keys("optimizer", key, hparams, hyperparameters(key))
+    return fn(lr, **hparams)

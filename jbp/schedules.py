@@ -17,33 +17,36 @@ naming the value given, e.g. ``lr0 must be > 0, got lr0=-0.1``.
 """
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
-Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
+from jbp import options as _options
+from jbp.util import integer, is_integer, is_real, real
 
-NAMES = ("constant", "inverse-time", "exponential", "inverse-sqrt", "staircase", "piecewise")
+Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
 
 
 # --- argument checks (run once, outside jit) ---
 
 
 def _positive(name: str, value) -> None:
-    if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
+    real(
+        name,
+        value,
+        low=0,
+        low_open=True,
+        message=f"{name} must be a finite number > 0, got {name}={value!r}",
+    )
 
 
 def _non_negative(name: str, value) -> None:
-    if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}")
+    real(name, value, low=0, message=f"{name} must be a finite number >= 0, got {name}={value!r}")
 
 
 def _count(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
+    integer(name, value, message=f"{name} must be an integer >= 1, got {name}={value!r}")
 
 
 def _epoch(step, steps_per_epoch: int) -> jax.Array:
@@ -64,7 +67,7 @@ def constant(lr: float) -> Schedule:
 
 
 def inverse_time(
-    lr0: float, decay_rate: float, steps_per_epoch: int = 1, time_interval: int = 1
+    lr0: float, decay_rate: float = 1.0, steps_per_epoch: int = 1, time_interval: int = 1
 ) -> Schedule:
     """Inverse-time decay: ``lr0 / (1 + decay_rate · ⌊epoch / time_interval⌋)``.
 
@@ -89,7 +92,7 @@ def inverse_time(
     return schedule
 
 
-def exponential(lr0: float, base: float, steps_per_epoch: int = 1) -> Schedule:
+def exponential(lr0: float, base: float = 0.95, steps_per_epoch: int = 1) -> Schedule:
     """Exponential decay: ``lr0 · base^epoch`` (e.g. ``base=0.95``)."""
     _positive("lr0", lr0)
     _positive("base", base)
@@ -113,7 +116,9 @@ def inverse_sqrt(lr0: float, k: float = 1.0, steps_per_epoch: int = 1) -> Schedu
     return schedule
 
 
-def staircase(lr0: float, factor: float, every_epochs: int, steps_per_epoch: int = 1) -> Schedule:
+def staircase(
+    lr0: float, factor: float = 0.5, every_epochs: int = 10, steps_per_epoch: int = 1
+) -> Schedule:
     """Step decay: ``lr0 · factor^⌊epoch / every_epochs⌋`` (e.g. halve every 10 epochs)."""
     _positive("lr0", lr0)
     _positive("factor", factor)
@@ -143,7 +148,7 @@ def piecewise(
     """
     bounds, values = list(boundaries_epochs), list(values)
     _count("steps_per_epoch", steps_per_epoch)
-    if any(isinstance(b, bool) or not isinstance(b, numbers.Integral) or b < 0 for b in bounds):
+    if any(not is_integer(b) or b < 0 for b in bounds):
         raise ValueError(f"boundaries_epochs must be integers >= 0, got boundaries_epochs={bounds}")
     if any(a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
         raise ValueError(
@@ -155,7 +160,7 @@ def piecewise(
             f"entries, got values={values}"
         )
     for v in values:
-        if not (isinstance(v, numbers.Real) and math.isfinite(v) and v > 0):
+        if not (is_real(v) and math.isfinite(v) and v > 0):
             raise ValueError(f"values must all be finite numbers > 0, got values={values}")
     bounds = jnp.asarray(bounds, dtype=jnp.int32)
     table = _float(values)
@@ -168,54 +173,28 @@ def piecewise(
     return schedule
 
 
-# --- by name (for the CLI) ---
-
-_BUILDERS = {
-    "constant": lambda lr0, steps_per_epoch: constant(lr0),
-    "inverse-time": lambda lr0, steps_per_epoch, decay_rate=1.0, time_interval=1: inverse_time(
-        lr0, decay_rate, steps_per_epoch, time_interval
-    ),
-    "exponential": lambda lr0, steps_per_epoch, base=0.95: exponential(lr0, base, steps_per_epoch),
-    "inverse-sqrt": lambda lr0, steps_per_epoch, k=1.0: inverse_sqrt(lr0, k, steps_per_epoch),
-    "staircase": lambda lr0, steps_per_epoch, factor=0.5, every_epochs=10: staircase(
-        lr0, factor, every_epochs, steps_per_epoch
-    ),
-}
-_PARAMS = {
-    "constant": (),
-    "inverse-time": ("decay_rate", "time_interval"),
-    "exponential": ("base",),
-    "inverse-sqrt": ("k",),
-    "staircase": ("factor", "every_epochs"),
-    "piecewise": ("boundaries_epochs", "values"),
-}
+# --- by name (for the command line and run configurations) ---
 
 
-def get(name: str, lr0: float, steps_per_epoch: int = 1, **params) -> Schedule:
-    """Build a schedule from its name, starting at ``lr0`` (for the command line).
+def _piecewise_from(
+    lr0: float,
+    boundaries_epochs: Sequence[int] = (),
+    values: Sequence[float] = (),
+    steps_per_epoch: int = 1,
+) -> Schedule:
+    """:func:`piecewise` started at ``lr0``: ``values`` are the rates *after* each boundary.
 
-    Names: ``constant``, ``inverse-time``, ``exponential``, ``inverse-sqrt``,
-    ``staircase``, ``piecewise`` (``_`` may replace ``-``). Defaults where a parameter
-    is omitted: ``decay_rate=1.0, time_interval=1``; ``base=0.95``; ``k=1.0``;
-    ``factor=0.5, every_epochs=10``. For ``piecewise``, ``lr0`` applies before the first
-    boundary and ``values`` lists the learning rate *after* each boundary, so
-    ``len(values) == len(boundaries_epochs)``.
-
-    Example:
-        >>> s = get("exponential", 0.1, steps_per_epoch=100, base=0.9)
+    ``len(values) == len(boundaries_epochs)``; or ``len + 1`` values exactly as
+    :func:`piecewise` takes them, whose first must then be ``lr0``.
     """
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in _PARAMS:
-        raise ValueError(f"unknown schedule {name!r}; valid names: {', '.join(NAMES)}")
-    unknown = sorted(set(params) - set(_PARAMS[key]))
-    if unknown:
-        accepted = ", ".join(_PARAMS[key]) or "none"
-        raise ValueError(
-            f"schedule {key!r} takes no parameter {unknown[0]!r}; it takes: {accepted}"
-        )
-    if key != "piecewise":
-        return _BUILDERS[key](lr0, steps_per_epoch, **params)
-    boundaries, after = list(params.get("boundaries_epochs", ())), list(params.get("values", ()))
+    boundaries, after = _listed(boundaries_epochs), _listed(values)
+    if len(after) == len(boundaries) + 1:
+        if after[0] != lr0:
+            raise ValueError(
+                f"schedule 'piecewise': values[0]={after[0]!r} is the initial learning rate, "
+                f"but lr0={lr0!r}; give the same one, or only the values after each boundary"
+            )
+        after = after[1:]
     if len(after) != len(boundaries):
         raise ValueError(
             "schedule 'piecewise' needs one value (the lr after it) per boundary, got "
@@ -223,3 +202,46 @@ def get(name: str, lr0: float, steps_per_epoch: int = 1, **params) -> Schedule:
         )
     _positive("lr0", lr0)
     return piecewise(boundaries, [lr0, *after], steps_per_epoch)
+
+
+def _listed(x):
+    """A sequence as a list; one number (``boundaries_epochs=6`` from a spec) as ``[6]``."""
+    return [x] if is_real(x) else list(x)
+
+
+#: name -> builder; each takes ``lr0`` first and ``steps_per_epoch``; its other keyword
+#: parameters (with their defaults) are the schedule's options — see :mod:`jbp.options`.
+BUILDERS = {
+    "constant": lambda lr0, steps_per_epoch=1: constant(lr0),
+    "inverse-time": inverse_time,
+    "exponential": exponential,
+    "inverse-sqrt": inverse_sqrt,
+    "staircase": staircase,
+    "piecewise": _piecewise_from,
+}
+NAMES = tuple(BUILDERS)
+RUN_SUPPLIED = ("lr0", "steps_per_epoch")  # given by the run, not options
+
+
+def options(name: str) -> tuple:
+    """The option names schedule ``name`` accepts (its builder's keyword parameters)."""
+    key, fn = _options.lookup("schedule", name, BUILDERS)
+    return _options.accepted(fn, RUN_SUPPLIED)
+
+
+def get(name: str, lr0: float, steps_per_epoch: int = 1, **params) -> Schedule:
+    """Build a schedule from its name, starting at ``lr0`` (for the command line).
+
+    Names: ``constant``, ``inverse-time``, ``exponential``, ``inverse-sqrt``,
+    ``staircase``, ``piecewise`` (``_`` may replace ``-``). ``params`` are the keyword
+    parameters of the function of that name, with its defaults where omitted. For
+    ``piecewise``, ``lr0`` applies before the first boundary and ``values`` lists the
+    learning rate *after* each boundary (or, as :func:`piecewise` takes them, ``lr0``
+    followed by those).
+
+    Example:
+        >>> s = get("exponential", 0.1, steps_per_epoch=100, base=0.9)
+    """
+    key, fn = _options.lookup("schedule", name, BUILDERS)
+    _options.check_keys("schedule", key, params, options(key))
+    return fn(lr0, steps_per_epoch=steps_per_epoch, **params)

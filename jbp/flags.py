@@ -1,0 +1,305 @@
+"""``jbp train``'s flags, and the :class:`jbp.config.RunConfig` they describe.
+
+Each flag's choices and help come from the registry it names (``jbp.optim.NAMES``,
+``jbp.schedules.NAMES``, ``jbp.data.NAMES`` …), so a new optimizer or schedule appears here by
+itself. An optimizer or schedule takes its options in one spec (see :mod:`jbp.options`)::
+
+    --optimizer adam:b1=0.9,b2=0.99        --schedule staircase:factor=0.5,every_epochs=10
+
+checked against the function's own parameters: an unknown key exits 2 naming the accepted
+ones. The older one-option flags (``--beta1``, ``--factor``, ``--every`` …) still work for
+this release, as aliases that add to the spec.
+"""
+
+import argparse
+import dataclasses
+import math
+
+from jbp import config, options
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(ValueError):
+    """A bad command-line value: reported as one line and exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with errors raised as :class:`UsageError` (one line, exit 2) instead of exit."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def number(name, *, positive=False):
+    """An argparse ``type``: a finite float (``> 0`` if ``positive``), naming the flag."""
+
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if positive and (not math.isfinite(v) or v <= 0):
+            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{name} must be finite, got {text!r}")
+        return v
+
+    return parse
+
+
+def count(name):
+    """An argparse ``type``: a positive integer, naming the flag."""
+
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            v = 0
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}")
+        return v
+
+    return parse
+
+
+def int_list(name, text, allow_auto=False):
+    """``"64,_,10"`` → ``[64, None, 10]`` (``_`` only with ``allow_auto``)."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if allow_auto and part in ("", "_", "auto"):
+            out.append(None)
+            continue
+        try:
+            v = int(part)
+        except ValueError:
+            raise UsageError(
+                f"{name} must be comma-separated positive integers, got {text!r}"
+            ) from None
+        if v < 1:
+            raise UsageError(f"{name} must be positive integers, got {text!r}")
+        out.append(v)
+    return out
+
+
+#: the one-option flags of earlier releases: flag dest -> (optimizer|schedule, option key)
+ALIASES = {
+    "beta": ("optimizer", "beta"),
+    "beta1": ("optimizer", "b1"),
+    "beta2": ("optimizer", "b2"),
+    "eps": ("optimizer", "eps"),
+    "bias_correction": ("optimizer", "bias_correction"),
+    "decay_rate": ("schedule", "decay_rate"),
+    "time_interval": ("schedule", "time_interval"),
+    "base": ("schedule", "base"),
+    "k": ("schedule", "k"),
+    "factor": ("schedule", "factor"),
+    "every": ("schedule", "every_epochs"),
+    "boundaries": ("schedule", "boundaries_epochs"),
+    "values": ("schedule", "values"),
+}
+
+
+def add_train_args(p):
+    """The ``jbp train`` flags, grouped as ``jbp train --help`` shows them."""
+    from jbp import data, epoch, optim, parallel, schedules
+    from jbp.activations import ACTIVATIONS, OUTPUTS
+    from jbp.losses import COSTS
+
+    g = p.add_argument_group("data and model")
+    g.add_argument("--data", default="digits", help=" | ".join(data.NAMES))
+    g.add_argument(
+        "--model",
+        default="mlp",
+        help="mlp (default: --layers, --activation …) | cnn (conv32-pool-conv64-pool-dense128-"
+        "dense10, see jbp.models.cnn) | module:function or path/to/file.py:function returning "
+        "a jbp model (called with in_shape= and n_classes= if it takes them)",
+    )
+    g.add_argument(
+        "--layers",
+        help="all layer widths, e.g. 64,30,10; the first/last may be _ to infer them from the "
+        "data (default: per data set, e.g. _,30,_ for digits, _,256,_ for fashion-mnist)",
+    )
+    g.add_argument(
+        "--activation", help=" | ".join(ACTIVATIONS) + ", or one per hidden layer: relu,tanh"
+    )
+    g.add_argument("--output", help=" | ".join(OUTPUTS) + " (default softmax)")
+    g.add_argument("--cost", help=" | ".join(COSTS))
+    g.add_argument("--dtype", default="float32", choices=config.DTYPES)
+    g = p.add_argument_group("optimizer and schedule: NAME or NAME:key=value,…")
+    g.add_argument(
+        "--optimizer",
+        help=" | ".join(f"{n}:{','.join(optim.hyperparameters(n))}" for n in optim.NAMES)
+        + " (default adam), e.g. adam:b1=0.9,b2=0.99",
+    )
+    g.add_argument("--lr", type=number("--lr", positive=True), help="learning rate (initial)")
+    g.add_argument(
+        "--schedule",
+        help=" | ".join(
+            f"{n}:{','.join(schedules.options(n))}" if schedules.options(n) else n
+            for n in schedules.NAMES
+        )
+        + " (default constant), e.g. staircase:factor=0.5,every_epochs=10",
+    )
+    for dest in ALIASES:  # one release more, then gone
+        flag = "--" + dest.replace("_", "-")
+        if dest == "bias_correction":
+            g.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+        else:
+            g.add_argument(flag, help=argparse.SUPPRESS)
+    g = p.add_argument_group("training")
+    g.add_argument("--batch-size", help="N, or full for batch gradient descent (1 = SGD)")
+    g.add_argument("--epochs", type=count("--epochs"), help="train up to this epoch")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--backward", default="manual", choices=epoch.BACKWARDS)
+    g.add_argument("--patience", type=count("--patience"), help="early stopping")
+    g = p.add_argument_group("parallel (see jbp.parallel)")
+    g.add_argument(
+        "--devices",
+        type=count("--devices"),
+        help="split every mini-batch over N devices (on CPU: N simulated devices)",
+    )
+    g.add_argument("--parallel", default="shard_map", choices=parallel.MODES)
+    g.add_argument("--coordinator", help="HOST:PORT of process 0, for multi-process training")
+    g.add_argument("--num-processes", type=count("--num-processes"))
+    g.add_argument("--process-id", type=int, help="this process's rank, 0 … N-1")
+    _add_output_args(p.add_argument_group("output"))
+
+
+def _add_output_args(g):
+    g.add_argument("--out", help="directory for metrics.jsonl, plots and checkpoints")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest complete checkpoint in --out (bit-identical to a run "
+        "never stopped; --epochs may be raised). Newer checkpoints that cannot be read are "
+        "reported and moved to --out/checkpoints-unreadable/ (never deleted); if none can "
+        "be read, or the checkpoint is from another architecture, optimizer or dtype, exit 2",
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=count("--checkpoint-every"),
+        default=1,
+        metavar="N",
+        help="save a checkpoint every N epochs, and always at the end or on SIGINT/SIGTERM",
+    )
+    g.add_argument("--keep", type=count("--keep"), default=3, metavar="N", help="checkpoints kept")
+    g.add_argument("--json", action="store_true", help="last line of stdout: final metrics as JSON")
+    g.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+
+
+def train_parser(prog="jbp train"):
+    """A parser with the ``jbp train`` flags (for recipes given as argv)."""
+    p = Parser(prog=prog, description="Train a model.")
+    add_train_args(p)
+    return p
+
+
+def run_config(args) -> config.RunConfig:
+    """The :class:`~jbp.config.RunConfig` that parsed ``jbp train`` flags describe."""
+    opt, opt_opts = _spec(args, "optimizer")
+    sched, sched_opts = _spec(args, "schedule")
+    activation = args.activation
+    if activation is not None and "," in activation:
+        activation = tuple(a.strip() for a in activation.split(","))
+    layers = None
+    if args.layers is not None:
+        layers = tuple(int_list("--layers", args.layers, allow_auto=True))
+        if len(layers) < 2:
+            raise UsageError(
+                f"--layers needs at least an input and an output width, got {args.layers!r}"
+            )
+    return config.RunConfig(
+        data=args.data,
+        model=args.model,
+        layers=layers,
+        activation=activation,
+        output=args.output,
+        cost=args.cost,
+        dtype=args.dtype,
+        optimizer=opt,
+        optimizer_options=opt_opts,
+        lr=args.lr,
+        schedule=sched,
+        schedule_options=sched_opts,
+        batch_size=_batch_size(args.batch_size),
+        epochs=args.epochs,
+        seed=args.seed,
+        backward=args.backward,
+        patience=args.patience,
+        devices=args.devices,
+        parallel=args.parallel,
+    )
+
+
+def _spec(args, kind):
+    """``--optimizer`` / ``--schedule``: the name and its options, aliases folded in."""
+    from jbp import optim, schedules
+
+    text = getattr(args, kind)
+    name, opts = options.parse_spec(text, f"--{kind}") if text else (None, {})
+    aliases = {
+        key: getattr(args, dest)
+        for dest, (k, key) in ALIASES.items()
+        if k == kind and getattr(args, dest) not in (None, False)
+    }
+    if kind == "optimizer":
+        lookup_name = name or config.preset(config.RunConfig(data=args.data)).optimizer
+        keys = optim.hyperparameters(lookup_name)
+    else:
+        lookup_name = name or "constant"
+        if aliases and name is None:
+            raise UsageError(f"{', '.join(aliases)} need --schedule NAME")
+        keys = schedules.options(lookup_name)
+    for key, raw in aliases.items():
+        opts.setdefault(key, raw if isinstance(raw, bool) else _alias_value(kind, key, raw))
+    opts = options.expand_keys(kind, lookup_name, opts, keys)
+    if opts and name is None:
+        name = lookup_name
+    registry = optim.BUILDERS if kind == "optimizer" else schedules.BUILDERS
+    listed = options.defaults(options.lookup(kind, lookup_name, registry)[1])
+    return name, tuple((k, _as_listed(v, listed.get(k))) for k, v in opts.items())
+
+
+def _as_listed(v, default):
+    """A list as a tuple; one number where the default is a sequence, as a 1-tuple."""
+    if isinstance(v, list):
+        return tuple(v)
+    return (v,) if isinstance(default, (tuple, list)) else v
+
+
+def _alias_value(kind, key, text):
+    _, parsed = options.parse_spec(f"x:{key}={text}", f"--{key}")
+    return parsed[key]
+
+
+def _batch_size(text):
+    if text is None:
+        return None
+    if str(text).lower() == "full":
+        return "full"
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise UsageError(f"--batch-size must be a positive integer or 'full', got {text!r}")
+    return v
+
+
+def to_argv(c: config.RunConfig) -> list:
+    """The ``jbp train`` flags that describe ``c`` (the fields it sets; the inverse of
+    :func:`run_config` up to defaults)."""
+    default = config.RunConfig()
+    argv = []
+    for f in dataclasses.fields(c):
+        v = getattr(c, f.name)
+        if f.name.endswith("_options") or v == getattr(default, f.name) or v is None:
+            continue
+        if f.name in ("optimizer", "schedule"):
+            v = options.format_spec(v, dict(getattr(c, f.name + "_options")))
+        elif f.name in ("layers", "activation") and isinstance(v, tuple):
+            v = ",".join("_" if x is None else str(x) for x in v)
+        argv += ["--" + f.name.replace("_", "-"), str(v)]
+    return argv

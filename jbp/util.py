@@ -1,0 +1,108 @@
+"""Small helpers shared by every module: argument validators, the tree hash, finiteness.
+
+The validators run on the host, outside ``jit``, on the values a user passed. Each one names
+the argument in its message (``"keep must be an integer >= 1, got keep=True"``) and refuses a
+``bool`` where a number is expected — ``True`` is an ``int`` to Python but never a sensible
+count, rate or width. ``owner`` prefixes the message with the class or function that took the
+argument (``"Conv features must be …"``).
+"""
+
+import hashlib
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_integer(value) -> bool:
+    """An integer (Python or NumPy), not a bool."""
+    return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def is_real(value) -> bool:
+    """A real number (Python or NumPy, integers included), not a bool."""
+    return isinstance(value, (numbers.Real, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def _prefix(owner):
+    return f"{owner} " if owner else ""
+
+
+def integer(name, value, *, minimum=1, owner="", message=None) -> int:
+    """``value`` as an ``int`` if it is an integer ``>= minimum``; else ``ValueError``."""
+    if not is_integer(value) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(message or f"{_prefix(owner)}{name} must be {what}, got {name}={value!r}")
+    return int(value)
+
+
+def real(
+    name, value, *, low=None, high=None, low_open=False, high_open=False, owner="", message=None
+) -> float:
+    """``value`` as a ``float`` if it is a finite real in the given interval; else ``ValueError``.
+
+    ``low``/``high`` bound the interval (``None``: unbounded); ``*_open`` excludes the bound.
+    """
+    ok = is_real(value) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ValueError(
+            message
+            or f"{_prefix(owner)}{name} must be {_interval(low, high, low_open, high_open)}"
+            f", got {name}={value!r}"
+        )
+    return float(value)
+
+
+def _interval(low, high, low_open, high_open):
+    if low is None and high is None:
+        return "a finite number"
+    if high is None:
+        return f"a number {'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f"a number {'<' if high_open else '<='} {high:g}"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def flag(name, value, *, owner="") -> bool:
+    """``value`` if it is ``True`` or ``False``; else ``ValueError``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{_prefix(owner)}{name} must be True or False, got {name}={value!r}")
+    return bool(value)
+
+
+def choice(name, value, choices, *, owner="") -> str:
+    """``value`` if it is one of ``choices``; else ``ValueError`` listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(
+            f"{_prefix(owner)}{name} must be one of {', '.join(choices)}, got {name}={value!r}"
+        )
+    return value
+
+
+def tree_sha256(tree) -> str:
+    """SHA-256 of a pytree's leaves' bytes, in tree order: equal hashes ⇔ equal bits."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()
+
+
+def all_finite(tree) -> jax.Array:
+    """True iff every element of every leaf is finite — one scalar, usable under ``jit``.
+
+    A float sum is finite iff no element is ±inf or NaN (an overflow of the sum itself would
+    need values near the dtype's maximum, which training never keeps); float sums vectorise
+    where boolean ``isfinite``-and reductions do not.
+    """
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return jnp.isfinite(sum((jnp.sum(x) for x in leaves), jnp.asarray(0.0)))
