@@ -5,7 +5,7 @@ Public names: ``MLP``; layers with hand-written backward passes (``Dense``, ``Ac
 ``Parallel``, ``FanInSum``, ``FanInConcat``, ``Autodiff``); ``Network`` (layers + a loss
 head, :mod:`jbp.heads`); ``check_layer`` / ``check_model``; ``per_example_grads``,
 ``gradcheck``, ``ewma``; ``fit``, ``TrainState``; and the modules ``optim``, ``schedules``,
-``data``, ``adapters`` (plain JAX functions and Flax NNX modules as models).
+``data``, ``config`` (a run as a value) and ``recipe`` (``build(config)``), ``adapters`` (plain JAX functions and Flax NNX modules as models).
 """
 
 from jbp import (
@@ -13,13 +13,12 @@ from jbp import (
     adapters,
     check,
     checkpoint,
+    config,
     combinators,
     conv,
     data,
     embedding,
     epoch,
-    ewma,
-    gradcheck,
     heads,
     layers,
     losses,
@@ -28,8 +27,10 @@ from jbp import (
     norms,
     optim,
     parallel,
+    recipe,
     schedules,
 )
+from jbp.averages import ewma
 from jbp.check import check_layer, check_model
 from jbp.combinators import (
     Autodiff,
@@ -43,6 +44,7 @@ from jbp.combinators import (
 )
 from jbp.conv import AvgPool, Conv, GlobalAvgPool, MaxPool, Reshape
 from jbp.embedding import Embedding
+from jbp.gradient_check import gradcheck
 from jbp.layers import Activation, Dense, Dropout, Flatten, Layer, layer
 from jbp.mlp import MLP
 from jbp.model import Network, per_example_grads
@@ -91,6 +93,8 @@ __all__ = [
     "adapters",
     "check",
     "checkpoint",
+    "config",
+    "recipe",
     "data",
     "ewma",
     "fit",

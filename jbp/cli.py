@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from jbp.flags import EXIT_BAD_INPUT, Parser, UsageError, add_train_args, count, int_list
+from jbp.flags import EXIT_BAD_INPUT, Parser, UsageError, add_train_args, count
 
 EXIT_DIVERGED = 3
 EXIT_PEER_LOST = 4  # multi-process: another process died or was stopped
@@ -254,51 +254,10 @@ def _report_stop(args, signum, state, epochs, out):
         print(f"jbp train: resume with: {_resume_command(args)}", file=sys.stderr)
 
 
-# --------------------------------------------------------------------- gradcheck
 def cmd_gradcheck(args):
-    import jax
+    from jbp import gradient_check
 
-    jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
-
-    from jbp import gradcheck, mlp
-
-    sizes = int_list("--layers", args.layers)
-    act = (
-        tuple(a.strip() for a in args.activation.split(","))
-        if "," in args.activation
-        else args.activation
-    )
-    net = mlp.MLP(tuple(sizes), act, args.output, args.cost)
-    k1, k2, k3 = jax.random.split(jax.random.key(args.seed), 3)
-    params = net.init(k1, jnp.float64)
-    params = [
-        dict(p, b=0.1 * jax.random.normal(k, p["b"].shape, jnp.float64))
-        for p, k in zip(params, jax.random.split(k3, len(params)), strict=True)
-    ]
-    x = jax.random.normal(k2, (args.batch, sizes[0]), jnp.float64)
-    if args.output == "identity":
-        y = jax.random.normal(k3, (args.batch, sizes[-1]), jnp.float64)
-    elif args.output == "sigmoid" and sizes[-1] > 1:
-        y = jax.random.bernoulli(k3, 0.5, (args.batch, sizes[-1])).astype(jnp.float64)
-    else:
-        y = jax.random.randint(k3, (args.batch,), 0, net.n_classes)
-    rep = gradcheck.gradcheck(net, params, x, y, method=args.method)
-    print(
-        f"jbp gradcheck: sizes {net.sizes}, {args.activation}/{args.output}/{args.cost}, batch {args.batch}"
-    )
-    print(rep.table())
-    if args.json:
-        d = rep.to_dict()
-        d.update(
-            sizes=list(net.sizes),
-            activation=args.activation,
-            output=args.output,
-            cost=args.cost,
-            batch=args.batch,
-        )
-        print(json.dumps(d))
-    return 0 if rep.ok else 1
+    return gradient_check.run_cli(args)
 
 
 def cmd_check(args):

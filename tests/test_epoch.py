@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import jbp
+from jbp.gradient_check import rel_diff
 from jbp import epoch as engine
 from jbp.data import Dataset
 from jbp.layers import Dropout
@@ -144,4 +145,4 @@ def test_the_bridge_runs_the_hand_written_backward():
         np.testing.assert_array_equal(a, b)
     ref = jax.grad(net.loss, argnums=(0, 1))(params, x, y)
     for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves((g_params, g_x)), strict=True):
-        assert jbp.gradcheck.rel_diff(a, b) < 1e-12
+        assert rel_diff(a, b) < 1e-12

@@ -11,6 +11,7 @@ import pytest
 from absl.testing import parameterized
 
 import jbp
+from jbp.gradient_check import rel_diff
 from jbp import activations
 from jbp.layers import Dropout
 
@@ -175,7 +176,7 @@ class LayersWithAndWithoutJit(parameterized.TestCase):
         dy = jax.random.normal(jax.random.key(2), y.shape, jnp.float64)
         mine, ref = both(params, x, dy)
         for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(ref), strict=True):
-            assert jbp.gradcheck.rel_diff(a, b) < 1e-12
+            assert rel_diff(a, b) < 1e-12
 
 
 def test_layers_are_hashable_values():

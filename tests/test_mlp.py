@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jbp
-from jbp.gradcheck import rel_diff
+from jbp.gradient_check import rel_diff
 
 HIDDEN = ("sigmoid", "tanh", "relu", "identity")
 HEADS = (

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import jbp
+from jbp.gradient_check import rel_diff
 from jbp import train
 from jbp.data import DataError, Dataset
 
@@ -70,7 +71,7 @@ def test_manual_and_autodiff_backward_give_the_same_parameters(small):
     s1, _ = jbp.fit(NET, jbp.optim.adam(1e-2), small, backward="manual", **kw)
     s2, _ = jbp.fit(NET, jbp.optim.adam(1e-2), small, backward="autodiff", **kw)
     for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params), strict=True):
-        assert jbp.gradcheck.rel_diff(a, b) < 1e-10
+        assert rel_diff(a, b) < 1e-10
 
 
 def test_same_seed_same_hash_other_seed_other_hash(small):

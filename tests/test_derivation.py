@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jbp
-from jbp import seed
+from jbp import derivation
 
 
 def _case(m=6):
@@ -21,7 +21,7 @@ def _case(m=6):
 def test_every_case_equals_a_batch_of_one():
     net, params, x, t = _case()
     for k in range(x.shape[0]):
-        e, _, _, grads = seed.case_deltas(params, x[k], t[k])
+        e, _, _, grads = derivation.case_deltas(params, x[k], t[k])
         loss, g = net.loss_and_grad(params, x[k : k + 1], t[k : k + 1])
         np.testing.assert_allclose(e, loss, rtol=1e-13)
         for gl, vl in zip(grads, g, strict=True):
@@ -31,7 +31,7 @@ def test_every_case_equals_a_batch_of_one():
 
 def test_batch_mean_equals_vectorised_backward():
     net, params, x, t = _case()
-    loss, grads = seed.batch_grads(params, x, t)
+    loss, grads = derivation.batch_grads(params, x, t)
     ref_loss, ref = net.loss_and_grad(params, x, t)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-13)
     for gl, vl in zip(grads, ref, strict=True):
@@ -42,5 +42,5 @@ def test_batch_mean_equals_vectorised_backward():
 def test_output_delta_is_minus_error():
     net, params, x, t = _case(1)
     v = np.asarray(net.apply(params, x))[0]
-    _, _, delta_j, _ = seed.case_deltas(params, x[0], t[0])
+    _, _, delta_j, _ = derivation.case_deltas(params, x[0], t[0])
     np.testing.assert_allclose(delta_j, (t[0] - v) * -1.0, rtol=1e-13)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jbp
-from jbp.gradcheck import finite_differences, rel_diff
+from jbp.gradient_check import finite_differences, rel_diff
 
 
 def _case():

@@ -1,11 +1,11 @@
-"""jbp.ewma: hand values, bias correction, the 1/(1−β) window, jit, argument checks."""
+"""jbp.averages.ewma: hand values, bias correction, the 1/(1−β) window, jit, argument checks."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jbp.ewma import ewma
+from jbp.averages import ewma
 
 
 def test_hand_values():

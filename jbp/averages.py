@@ -1,12 +1,11 @@
 """The exponentially weighted moving average, the building block of momentum, RMSprop, Adam."""
 
-import numbers
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jbp.util import real
 
 
 def ewma(series: jax.typing.ArrayLike, beta, bias_correction: bool = False) -> jax.Array:
@@ -38,8 +37,7 @@ def ewma(series: jax.typing.ArrayLike, beta, bias_correction: bool = False) -> j
     "Exponentially weighted averages" and "Bias correction".
     """
     if not isinstance(beta, jax.core.Tracer):
-        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta < 1:
-            raise ValueError(f"beta must be in [0, 1), got beta={beta!r}")
+        real("beta", beta, low=0, high=1, high_open=True)
     x = jnp.asarray(series)
     if x.ndim == 0:
         raise ValueError(f"series must have a leading time axis, got a scalar (shape {x.shape})")
@@ -55,13 +53,3 @@ def ewma(series: jax.typing.ArrayLike, beta, bias_correction: bool = False) -> j
         t = jnp.arange(1, x.shape[0] + 1).reshape((-1,) + (1,) * (x.ndim - 1))
         v = v / (1 - beta**t).astype(v.dtype)
     return v
-
-
-class _CallableModule(types.ModuleType):
-    """``jbp.ewma(...)`` calls :func:`ewma`; the module stays importable as ``jbp.ewma``."""
-
-    def __call__(self, *args, **kwargs):
-        return ewma(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -13,7 +13,7 @@ The deltas δ = ∂e/∂u, case by case::
 
 and the weight derivatives ∂e/∂wᵢⱼ = δⱼᴶ yᵢ, ∂e/∂wₘᵢ = δᵢᴵ xₘ, ∂e/∂b = δ. Averaged over the
 cases of a batch they must equal the vectorised backward of ``jbp.MLP((M, I, J), "sigmoid",
-"identity", "squared_error")`` — ``tests/test_seed.py`` checks exactly that.
+"identity", "squared_error")`` — ``tests/test_derivation.py`` checks exactly that.
 
 Plain Python loops over NumPy float64 scalars: slow on purpose, so each line is one symbol of
 the derivation.

@@ -16,9 +16,8 @@ error (≈ eps/h) swamps the truncation error and finite differences agree to ~1
 """
 
 import dataclasses
-import sys
+import json
 import time
-import types
 
 import jax
 import jax.numpy as jnp
@@ -193,12 +192,44 @@ def gradcheck(net, params, x, y, *, method="central", eps=None, chunk=256):
     )
 
 
-class _CallableModule(types.ModuleType):
-    """Lets ``jbp.gradcheck(...)`` call the function while ``jbp.gradcheck.rel_diff`` etc. stay
-    reachable: the module and its main function share one public name."""
+def run_cli(args):
+    """``jbp gradcheck``: a random MLP and batch from the flags, the report, exit 0 / 1."""
+    jax.config.update("jax_enable_x64", True)
+    from jbp import flags, mlp
 
-    def __call__(self, *args, **kwargs):
-        return gradcheck(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+    sizes = flags.int_list("--layers", args.layers)
+    act = (
+        tuple(a.strip() for a in args.activation.split(","))
+        if "," in args.activation
+        else args.activation
+    )
+    net = mlp.MLP(tuple(sizes), act, args.output, args.cost)
+    k1, k2, k3 = jax.random.split(jax.random.key(args.seed), 3)
+    params = net.init(k1, jnp.float64)
+    params = [
+        dict(p, b=0.1 * jax.random.normal(k, p["b"].shape, jnp.float64))
+        for p, k in zip(params, jax.random.split(k3, len(params)), strict=True)
+    ]
+    x = jax.random.normal(k2, (args.batch, sizes[0]), jnp.float64)
+    if args.output == "identity":
+        y = jax.random.normal(k3, (args.batch, sizes[-1]), jnp.float64)
+    elif args.output == "sigmoid" and sizes[-1] > 1:
+        y = jax.random.bernoulli(k3, 0.5, (args.batch, sizes[-1])).astype(jnp.float64)
+    else:
+        y = jax.random.randint(k3, (args.batch,), 0, net.n_classes)
+    rep = gradcheck(net, params, x, y, method=args.method)
+    print(
+        f"jbp gradcheck: sizes {net.sizes}, {args.activation}/{args.output}/{args.cost}, batch {args.batch}"
+    )
+    print(rep.table())
+    if args.json:
+        d = rep.to_dict()
+        d.update(
+            sizes=list(net.sizes),
+            activation=args.activation,
+            output=args.output,
+            cost=args.cost,
+            batch=args.batch,
+        )
+        print(json.dumps(d))
+    return 0 if rep.ok else 1
