@@ -45,15 +45,9 @@ def build_parser():
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", action="store_true", help="last line of stdout: the report as JSON")
     b = sub.add_parser("bench", help="throughput side by side with the baselines (jbp.bench)")
-    b.add_argument("--quick", action="store_true", help="small data, one repeat: under a minute")
-    b.add_argument("--workloads", default="a,b,c,cnn", help="a,b,c,cnn (see jbp.bench.WORKLOADS)")
-    b.add_argument("--contenders", help="comma-separated subset (default: all importable)")
-    b.add_argument("--examples", type=count("--examples"), help="training examples")
-    b.add_argument("--repeats", type=count("--repeats"), help="timed epochs (best kept)")
-    b.add_argument("--out", help="directory for bench.json and bench.png")
-    b.add_argument("--bf16", action="store_true", help="bfloat16 parameters, data and matmuls")
-    b.add_argument("--time-to-accuracy", action="store_true", help="also time Fashion-MNIST runs")
-    b.add_argument("--json", action="store_true", help="last line of stdout: the result as JSON")
+    from jbp.bench import add_args as add_bench_args  # no torch or flax: they load lazily
+
+    add_bench_args(b)
     return p
 
 
@@ -75,12 +69,12 @@ def cmd_train(args):
 
 
 def _train(args, stop):
-    from jbp import parallel
+    from jbp import distributed
 
     # Devices and the multi-process runtime must be set before anything else touches JAX.
     try:
-        parallel.setup(args.devices, args.coordinator, args.num_processes, args.process_id)
-    except parallel.PeerError as e:
+        distributed.setup(args.devices, args.coordinator, args.num_processes, args.process_id)
+    except distributed.PeerError as e:
         _exit_peer_lost(e)
     import jax
 
@@ -92,7 +86,7 @@ def _train(args, stop):
         resume=args.resume,
         keep=args.keep,
         checkpoint_every=args.checkpoint_every,
-        writer=parallel.is_writer(),
+        writer=distributed.is_writer(),
     )
     state0 = out.start(r, jax.random.key(args.seed))
     if not args.quiet and not args.json:
@@ -119,7 +113,7 @@ def _train(args, stop):
     except train.DivergenceError as e:
         print(f"jbp train: {e}", file=sys.stderr)
         return EXIT_DIVERGED
-    except parallel.PeerError as e:
+    except distributed.PeerError as e:
         _exit_peer_lost(e)
     finally:
         out.close()

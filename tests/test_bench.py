@@ -83,7 +83,8 @@ def test_the_cnn_contenders_train_the_same_network():
     import jax.numpy as jnp
     import numpy as np
 
-    from jbp import bench_baselines, bench_cnn
+    from jbp.bench import cnn as bench_cnn
+    from jbp.bench import dense as bench_baselines
 
     rng = np.random.default_rng(0)
     x, y = rng.random((64, 784), dtype=np.float32), rng.integers(0, 10, 64).astype(np.int32)

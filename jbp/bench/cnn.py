@@ -6,25 +6,26 @@ Every contender trains the same network — conv 3×3·32 (SAME) – relu – ma
 the same arithmetic for all). About 4.24 M multiply-adds per example forward, so a training
 step of 128 examples is ≈ 3.3 GFLOP (forward 2·MACs, backward 4·MACs).
 
-Contenders (names as in the table):
+Contenders (names as in the table, :data:`CONTENDERS`):
 
 * ``jbp-manual``: ``jbp.models.cnn`` in jbp's epoch program (``lax.scan`` over the epoch),
   every backward hand-written: convolutions as patches·matrix, dW = Pᵀ·dY, dX accumulated back
-  over the kernel offsets (see :mod:`jbp.conv` for why and the measurements).
+  over the kernel offsets (see :mod:`jbp.conv`).
 * ``jbp-autodiff``: the same jbp forward, differentiated by ``jax.grad``.
 * ``jax-conv-jit``: ``lax.conv_general_dilated`` + ``reduce_window``, ``jax.value_and_grad`` and
   optax, one jitted step per mini-batch from a Python loop (what most JAX code does).
 * ``jax-conv-scan``: the same step inside ``lax.scan`` over the epoch (XLA's CPU convolution is
-  much slower inside a loop body: JAX issue 12868).
+  much slower inside a loop body, as JAX's GitHub issue #12868 reports).
 * ``flax-nnx``: ``nnx.Conv`` / ``nnx.max_pool`` / ``nnx.Linear`` and ``nnx.Optimizer``, the step
-  jitted around ``nnx.split``/``merge``.
-* ``torch``: PyTorch eager, ``nn.Conv2d`` (NCHW), ``torch.optim.Adam`` (when torch imports).
+  jitted around ``nnx.split``/``merge`` (Flax imported only when it is built).
+* ``torch``: PyTorch eager, ``nn.Conv2d`` (NCHW), ``torch.optim.Adam`` (when torch imports;
+  imported only when it is built).
 
-Each runner has ``epoch(budget_s) -> examples trained`` and ``accuracy(x, y)``.
+Each runner has ``epoch(budget_s) -> examples trained`` and ``accuracy(x, y)``; the Python-loop
+ones stop early, at a whole mini-batch, once ``budget_s`` seconds have passed.
 """
 
 import math
-import time
 from typing import NamedTuple
 
 import jax
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jbp import bench_baselines
+from jbp.bench import dense, eager
 
 CONTENDERS = ("jbp-manual", "jbp-autodiff", "jax-conv-jit", "jax-conv-scan", "flax-nnx", "torch")
 
@@ -148,13 +149,23 @@ def _lax_step(opt):
     return step
 
 
-def _shuffle(key, x, y, batch):
-    nb = x.shape[0] // batch
-    perm = jax.random.permutation(key, x.shape[0])[: nb * batch]
-    return x[perm].reshape(nb, batch, *x.shape[1:]), y[perm].reshape(nb, batch)
+def _scan_epoch(step, batch):
+    """A whole epoch of ``step`` in ``lax.scan``, jitted with the state donated."""
+
+    def run(params, opt_state, key, x, y):
+        xb, yb = dense.shuffle(key, x, y, batch)
+
+        def body(carry, b):
+            p, s, loss = step(*carry, *b)
+            return (p, s), loss
+
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (xb, yb))
+        return params, opt_state, losses[-1]
+
+    return jax.jit(run, donate_argnums=(0, 1))
 
 
-class JaxConvRunner:
+class JaxConvRunner(dense.StepLoop):
     """``lax.conv_general_dilated`` network, ``jax.grad`` + optax; per-step jit or ``lax.scan``."""
 
     def __init__(self, w, x, y, params, dtype, scan):
@@ -164,43 +175,27 @@ class JaxConvRunner:
         self.opt_state = opt.init(self.params)
         self.scan, self.batch = scan, w.batch
         if scan:
-
-            def run(params, opt_state, key, x, y):
-                xb, yb = _shuffle(key, x, y, w.batch)
-
-                def body(carry, b):
-                    p, s, loss = step(*carry, *b)
-                    return (p, s), loss
-
-                (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (xb, yb))
-                return params, opt_state, losses[-1]
-
-            self.run = jax.jit(run, donate_argnums=(0, 1))
+            self.run = _scan_epoch(step, w.batch)
         else:
             self.step = jax.jit(step, donate_argnums=(0, 1))
-            self.shuffle = jax.jit(_shuffle, static_argnums=3)
+            self.shuffle = jax.jit(dense.shuffle, static_argnums=3)
         self.x, self.y = jnp.asarray(images(x, w), dtype), jnp.asarray(y)
         self.epoch_size = (x.shape[0] // w.batch) * w.batch
         self.key = jax.random.key(1)
 
     def epoch(self, budget_s=None):
+        if not self.scan:
+            return super().epoch(budget_s)
         self.key, sub = jax.random.split(self.key)
-        if self.scan:
-            self.params, self.opt_state, loss = self.run(
-                self.params, self.opt_state, sub, self.x, self.y
-            )
-            jax.block_until_ready(loss)
-            return self.epoch_size
-        t0 = time.perf_counter()
-        xb, yb = self.shuffle(sub, self.x, self.y, self.batch)
-        done = 0
-        for i in range(xb.shape[0]):
-            self.params, self.opt_state, loss = self.step(self.params, self.opt_state, xb[i], yb[i])
-            done += self.batch
-            if budget_s is not None and time.perf_counter() - t0 > budget_s:
-                break
+        self.params, self.opt_state, loss = self.run(
+            self.params, self.opt_state, sub, self.x, self.y
+        )
         jax.block_until_ready(loss)
-        return done
+        return self.epoch_size
+
+    def _step(self, x, y):
+        self.params, self.opt_state, loss = self.step(self.params, self.opt_state, x, y)
+        return loss
 
     def accuracy(self, x, y):
         logits = jax.jit(_lax_forward)(self.params, jnp.asarray(images(x, WORKLOAD)))
@@ -208,9 +203,9 @@ class JaxConvRunner:
 
 
 # -------------------------------------------------------------------------- Flax NNX
-class FlaxRunner(bench_baselines.FlaxRunner):
+class FlaxRunner(dense.FlaxRunner):
     """``nnx.Conv`` / ``nnx.Linear`` + ``nnx.Optimizer``; one jitted step per mini-batch (the
-    epoch loop is the dense baseline's)."""
+    step and epoch loop are the dense contender's)."""
 
     def __init__(self, w, x, y, params, dtype):
         from flax import nnx
@@ -238,20 +233,13 @@ class FlaxRunner(bench_baselines.FlaxRunner):
         ):
             mod.kernel[...] = jnp.asarray(kernel, dtype)
             mod.bias[...] = jnp.asarray(bias, dtype)
-        optimizer = nnx.Optimizer(model, optax.adam(w.lr), wrt=nnx.Param)
-        self.graphdef, self.nstate = nnx.split((model, optimizer))
+        self._setup(model, optax.adam(w.lr), w, images(x, w), y, dtype)
 
         def predict(graphdef, nstate, x):
             model, _ = nnx.merge(graphdef, nstate)
             return model(x)
 
-        self.step = jax.jit(bench_baselines.nnx_step, static_argnums=0, donate_argnums=1)
         self.predict = jax.jit(predict, static_argnums=0)
-        self.shuffle = jax.jit(_shuffle, static_argnums=3)
-        self.batch = w.batch
-        self.epoch_size = (x.shape[0] // w.batch) * w.batch
-        self.key = jax.random.key(1)
-        self.x, self.y = jnp.asarray(images(x, w), dtype), jnp.asarray(y)
 
     def accuracy(self, x, y):
         logits = self.predict(self.graphdef, self.nstate, jnp.asarray(images(x, WORKLOAD)))
@@ -259,9 +247,9 @@ class FlaxRunner(bench_baselines.FlaxRunner):
 
 
 # ---------------------------------------------------------------------- PyTorch eager
-class TorchRunner(bench_baselines.TorchRunner):
+class TorchRunner(eager.TorchRunner):
     """PyTorch eager: ``nn.Conv2d`` / ``nn.MaxPool2d`` / ``nn.Linear``, ``torch.optim.Adam`` (the
-    epoch loop is the dense baseline's)."""
+    epoch loop is the dense contender's)."""
 
     def __init__(self, w, x, y, params, dtype):
         import torch
@@ -311,18 +299,18 @@ def _NhwcFlatten(torch):  # noqa: N802 - a module class, made where torch is imp
     return NhwcFlatten()
 
 
+_RUNNERS = {
+    "jbp-manual": lambda w, x, y, p, dt: JbpRunner(w, x, y, p, "manual", dt),
+    "jbp-autodiff": lambda w, x, y, p, dt: JbpRunner(w, x, y, p, "autodiff", dt),
+    "jax-conv-jit": lambda w, x, y, p, dt: JaxConvRunner(w, x, y, p, dt, scan=False),
+    "jax-conv-scan": lambda w, x, y, p, dt: JaxConvRunner(w, x, y, p, dt, scan=True),
+    "flax-nnx": FlaxRunner,
+    "torch": TorchRunner,
+}
+
+
 def make_runner(name, w, x, y, params, dtype):
     """Build CNN contender ``name`` on data ``(x, y)`` (flat or image rows) from ``params``."""
-    if name == "jbp-manual":
-        return JbpRunner(w, x, y, params, "manual", dtype)
-    if name == "jbp-autodiff":
-        return JbpRunner(w, x, y, params, "autodiff", dtype)
-    if name == "jax-conv-jit":
-        return JaxConvRunner(w, x, y, params, dtype, scan=False)
-    if name == "jax-conv-scan":
-        return JaxConvRunner(w, x, y, params, dtype, scan=True)
-    if name == "flax-nnx":
-        return FlaxRunner(w, x, y, params, dtype)
-    if name == "torch":
-        return TorchRunner(w, x, y, params, dtype)
-    raise ValueError(f"unknown CNN contender {name!r}; expected one of {', '.join(CONTENDERS)}")
+    if name not in _RUNNERS:
+        raise ValueError(f"unknown CNN contender {name!r}; expected one of {', '.join(CONTENDERS)}")
+    return _RUNNERS[name](w, x, y, params, dtype)

@@ -1,0 +1,87 @@
+"""``jbp bench`` on the command line: its flags (:func:`add_args`) and its entry (:func:`main`).
+
+``jbp bench`` times every contender on the chosen workloads (:func:`jbp.bench.run`), prints
+the table (or, with ``--json``, the result as one JSON line last), optionally writes
+``bench.json`` and ``bench.png`` to ``--out``, and with ``--time-to-accuracy`` also trains
+the Fashion-MNIST recipes of :mod:`jbp.bench.tta`. ``--quick`` (small data, one repeat) runs
+in under a minute. Neither function imports PyTorch or Flax: a contender imports its own
+library when it is built.
+"""
+
+import json
+
+from jbp.bench import report, runner, tta
+from jbp.flags import count
+
+_TTA_BASELINES = ("jax-scan", "torch")  # the contenders that report a test accuracy
+
+
+def add_args(p):
+    """Add the ``jbp bench`` flags to the argparse parser ``p``."""
+    p.add_argument("--quick", action="store_true", help="small data, one repeat: under a minute")
+    p.add_argument(
+        "--workloads",
+        default=",".join(runner.WORKLOADS),
+        help=f"{','.join(runner.WORKLOADS)} (see jbp.bench.WORKLOADS)",
+    )
+    p.add_argument(
+        "--contenders",
+        help=f"comma-separated subset of {','.join(runner.ALL_CONTENDERS)} "
+        "(default: all importable)",
+    )
+    p.add_argument("--examples", type=count("--examples"), help="training examples")
+    p.add_argument("--repeats", type=count("--repeats"), help="timed epochs (best kept)")
+    p.add_argument("--out", help="directory for bench.json and bench.png")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 parameters, data and matmuls")
+    p.add_argument("--time-to-accuracy", action="store_true", help="also time Fashion-MNIST runs")
+    p.add_argument("--json", action="store_true", help="last line of stdout: the result as JSON")
+    return p
+
+
+def _names(text, valid, what):
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in valid]
+    if bad or not names:
+        raise ValueError(
+            f"--{what} must be a comma-separated subset of {','.join(valid)}, got {text!r}"
+        )
+    return names
+
+
+def _log(quiet):
+    return (lambda *a: None) if quiet else (lambda m: print(m, flush=True))
+
+
+def main(args):
+    """``jbp bench`` with parsed flags ``args``: run, print, save; the exit status (0).
+
+    A bad ``--workloads`` or ``--contenders`` raises ``ValueError`` naming the flag.
+    """
+    workloads = _names(args.workloads, tuple(runner.WORKLOADS), "workloads")
+    contenders = (
+        runner.ALL_CONTENDERS
+        if args.contenders is None
+        else _names(args.contenders, runner.ALL_CONTENDERS, "contenders")
+    )
+    quick = args.quick
+    res = runner.run(
+        workloads,
+        contenders,
+        n_examples=args.examples or (4096 if quick else 60000),
+        cnn_examples=1280 if quick else 6400,
+        repeats=args.repeats or (1 if quick else 3),
+        budget_s=0.25 if quick else 3.0,
+        bf16=args.bf16,
+        peak_n=1024 if quick else 2048,
+        log=_log(args.json),
+    )
+    if args.time_to_accuracy:
+        res["time_to_accuracy"] = tta.time_to_accuracy(
+            [c for c in contenders if c in _TTA_BASELINES], log=_log(args.json)
+        )
+    if args.out:
+        paths = report.save(res, args.out)
+        if not args.json:
+            print(f"wrote {paths[0]} and {paths[1]}")
+    print(json.dumps(res) if args.json else "\n" + report.table(res))
+    return 0
