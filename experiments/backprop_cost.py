@@ -32,8 +32,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import jbp
-from jbp.gradient_check import rel_diff
 from experiments import common
+from jbp.gradient_check import rel_diff
 
 NAME = "backprop_cost"
 

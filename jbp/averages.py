@@ -1,6 +1,5 @@
 """The exponentially weighted moving average, the building block of momentum, RMSprop, Adam."""
 
-
 import jax
 import jax.numpy as jnp
 from jax import lax

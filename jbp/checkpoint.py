@@ -45,24 +45,26 @@ Reference: orbax-checkpoint, ``CheckpointManager`` and its atomicity contract
 (https://orbax.readthedocs.io/en/latest/guides/checkpoint/checkpointing_pytrees.html).
 """
 
-import contextlib
 import json
-import logging
 import os
 import re
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import numpy as np
 
+from jbp import compat
+from jbp.orbax_quiet import ocp_module, quiet, short_reason, silence_failed_read_aftermath
+from jbp.util import integer, tree_sha256
+
 FORMAT = "jbp-checkpoint"
+#: the format written; restore reads 1 … VERSION. Version 1: items state and meta; the state
+#: is a TrainState (checkpoints from before models had state lack model_state: still read).
 VERSION = 1
 STATE, META = "state", "meta"
 CHECKPOINTS = "checkpoints"
 UNREADABLE = "checkpoints-unreadable"
-IGNORED_CONFIG = ("epochs",)  # may differ on resume: train 3, then resume to 6
 _STEP = re.compile(r"^[0-9]+$")
 
 
@@ -74,173 +76,17 @@ class CheckpointCorrupt(CheckpointError):
     """The checkpoint's files cannot be read back (truncated, garbled, incomplete)."""
 
 
+class CheckpointVersion(CheckpointError):
+    """The checkpoint was written in a format version this jbp does not read."""
+
+
 class CheckpointMismatch(CheckpointError):
     """The checkpoint is readable but belongs to another run (architecture, optimizer, dtype)."""
 
 
-# ----------------------------------------------------------------------------- helpers
-class _DropOrbaxChatter(logging.Filter):
-    """Drop orbax's INFO/WARNING records (renames, 'directory is read only' …), keep errors."""
-
-    def filter(self, record):
-        return record.levelno >= logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-
-@contextlib.contextmanager
-def _quiet_orbax():
-    """orbax logs through absl; silence its chatter only while jbp is calling it."""
-    logger, f = logging.getLogger("absl"), _DropOrbaxChatter()
-    logger.addFilter(f)
-    try:
-        yield
-    finally:
-        logger.removeFilter(f)
-
-
-def _is_orbax_aftermath(unraisable):
-    """The echo of a failed read: orbax's pending reads finishing after its event loop closed."""
-    exc, obj = unraisable.exc_value, unraisable.object
-    if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
-        return True
-    code = getattr(obj, "cr_code", None)
-    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
-
-
-def _silence_failed_read_aftermath():
-    """After a read fails, orbax's other pending reads die later, on other threads, and Python
-    prints their tracebacks ("Exception ignored …", "Event loop is closed") long after the
-    error was caught and reported. Drop exactly those; every other unraisable still prints."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_jbp", False):
-        return
-
-    def hook(unraisable):
-        if not _is_orbax_aftermath(unraisable):
-            previous(unraisable)
-
-    hook._jbp = True
-    sys.unraisablehook = hook
-
-
-def _ocp():
-    import orbax.checkpoint as ocp  # imported lazily: half a second, and only needed here
-
-    return ocp
-
-
 def state_sha256(state):
     """SHA-256 of every leaf's bytes in tree order (``params_sha256`` over the whole state)."""
-    from jbp.train import params_sha256  # it hashes any pytree
-
-    return params_sha256(state)
-
-
-def _key_name(k):
-    for attr in ("name", "key", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
-def _leaf_table(tree):
-    """``{path tuple: (shape, dtype name)}`` of a pytree of arrays or orbax ArrayMetadata."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        shape = leaf.shape if hasattr(leaf, "shape") else np.shape(leaf)
-        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
-        out[tuple(_key_name(k) for k in path)] = (tuple(shape), np.dtype(dtype).name)
-    return out
-
-
-def _describe(path):
-    """A reader's name for a leaf: ('params', '0', 'W') -> 'layer 1 W'."""
-    p = list(path)
-    if not p:
-        return "the state"
-    if p[0] == "opt_state":
-        rest = p[1:]
-        if len(rest) >= 3 and rest[1].isdigit():
-            return f"optimizer {rest[0]} of layer {int(rest[1]) + 1} {'/'.join(rest[2:])}"
-        return "optimizer " + "/".join(rest)
-    if p[0] == "params" and len(p) >= 3 and p[1].isdigit():
-        return f"layer {int(p[1]) + 1} {'/'.join(p[2:])}"
-    return "/".join(p)
-
-
-def _n_layers(table):
-    return len({p[1] for p in table if len(p) > 1 and p[0] == "params"})
-
-
-def _differences(stored, expected):
-    """What keeps a checkpoint with leaves ``stored`` from restoring into ``expected``."""
-    diffs = []
-    top = lambda t, head: sorted({p[1] for p in t if len(p) > 1 and p[0] == head})  # noqa: E731
-    if top(stored, "opt_state") != top(expected, "opt_state"):
-        diffs.append(
-            f"optimizer state differs (checkpoint: {', '.join(top(stored, 'opt_state'))}; this "
-            f"run: {', '.join(top(expected, 'opt_state'))}): another optimizer"
-        )
-    if _n_layers(stored) != _n_layers(expected):
-        diffs.append(
-            f"checkpoint has {_n_layers(stored)} layers, this run expects "
-            f"{_n_layers(expected)}: another architecture"
-        )
-    if diffs:
-        return diffs
-    missing, extra = (
-        sorted(expected.keys() - stored.keys()),
-        sorted(stored.keys() - expected.keys()),
-    )
-    if missing or extra:
-        what = [f"missing {_describe(p)}" for p in missing] + [
-            f"extra {_describe(p)}" for p in extra
-        ]
-        diffs.append(f"state structure differs ({', '.join(what[:4])}): another state layout")
-    order = {("params",): 0, ("opt_state",): 1}
-    leaf_diffs = []
-    for path in sorted(expected.keys() & stored.keys(), key=lambda p: (order.get(p[:1], 2), p)):
-        (s_shape, s_dt), (e_shape, e_dt) = stored[path], expected[path]
-        if s_shape != e_shape:
-            kind = "another architecture" if path[:1] in order else "another run"
-            leaf_diffs.append(
-                f"checkpoint {_describe(path)} has shape {s_shape}, this run expects {e_shape}: "
-                f"{kind}"
-            )
-        elif s_dt != e_dt:
-            leaf_diffs.append(
-                f"checkpoint {_describe(path)} is {s_dt}, this run expects {e_dt}: another --dtype"
-            )
-    if len(leaf_diffs) > 3:  # the first few say it; the optimizer's moments repeat the params
-        leaf_diffs = leaf_diffs[:3] + [f"{len(leaf_diffs) - 3} more leaves differ likewise"]
-    return diffs + leaf_diffs
-
-
-def _config_differences(stored, expected):
-    diffs = []
-    for k in sorted(set(stored) | set(expected)):
-        if k in IGNORED_CONFIG:
-            continue
-        a, b = stored.get(k, "(not set)"), expected.get(k, "(not set)")
-        if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
-            diffs.append(f"{k}: checkpoint {_fmt(a)}, this run {_fmt(b)}")
-    return diffs
-
-
-def _fmt(v):
-    return v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-
-
-def _jsonable(config):
-    try:
-        return json.loads(json.dumps(config))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"config must be JSON-serialisable, got {config!r}: {e}") from None
-
-
-def _reason(err):
-    """orbax/tensorstore errors can be pages long: keep the first line, it names the file."""
-    text = str(err).split(" See full TensorStore details")[0].strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
+    return tree_sha256(state)
 
 
 # -------------------------------------------------------------------- one checkpoint
@@ -253,7 +99,7 @@ def _host(x):
 
 
 def _save_args(state, config):
-    ocp = _ocp()
+    ocp = ocp_module()
     state = jax.tree.map(_host, state)
     meta = {
         "format": FORMAT,
@@ -261,7 +107,7 @@ def _save_args(state, config):
         "epoch": int(state.epoch) if hasattr(state, "epoch") else None,
         "step": int(state.step) if hasattr(state, "step") else None,
         "state_sha256": state_sha256(state),
-        "config": _jsonable(config or {}),
+        "config": compat.jsonable(config or {}),
     }
     return ocp.args.Composite(
         **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
@@ -288,13 +134,13 @@ def save(path, state, *, config=None):
         raise ValueError(
             f"checkpoint path {path} already exists: refusing to overwrite it (choose a new path)"
         )
-    ocp = _ocp()
+    ocp = ocp_module()
     args = _save_args(state, config)
     try:
-        with _quiet_orbax(), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        with quiet(), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             ckptr.save(path, args=args)
     except Exception as e:  # disk full, permissions …: say where, keep the reason
-        raise CheckpointError(f"could not save a checkpoint to {path}: {_reason(e)}") from e
+        raise CheckpointError(f"could not save a checkpoint to {path}: {short_reason(e)}") from e
     return path
 
 
@@ -306,7 +152,7 @@ def read_meta(path):
         meta = json.loads(f.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointCorrupt(
-            f"checkpoint {path} is unreadable (corrupt or truncated): {META}/metadata: {_reason(e)}"
+            f"checkpoint {path} is unreadable (corrupt or truncated): {META}/metadata: {short_reason(e)}"
         ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointCorrupt(
@@ -314,6 +160,26 @@ def read_meta(path):
             f"{FORMAT} record"
         )
     return meta
+
+
+def check_version(path, meta):
+    """Refuse a checkpoint whose format ``version`` this jbp cannot read, saying which."""
+    v = meta.get("version")
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise CheckpointVersion(
+            f"checkpoint {path} has no valid format version ({v!r}); this jbp reads version "
+            f"{VERSION}"
+        )
+    if v > VERSION:
+        raise CheckpointVersion(
+            f"checkpoint {path} is format version {v}, written by a newer jbp; this jbp reads "
+            f"version {VERSION} and older: upgrade jbp to resume it"
+        )
+    if v < 1:
+        raise CheckpointVersion(
+            f"checkpoint {path} is format version {v}, older than any this jbp reads (1 to "
+            f"{VERSION}): resume it with the jbp that wrote it, or start a new run"
+        )
 
 
 def restore(path, like, *, config=None):
@@ -334,25 +200,31 @@ def restore(path, like, *, config=None):
     Raises:
       CheckpointCorrupt: missing, truncated or garbled files (nothing is deleted).
       CheckpointMismatch: another architecture, optimizer, dtype or run config.
+      CheckpointVersion: a format version this jbp does not read (newer or too old).
     """
     path = Path(path).absolute()
     if not path.is_dir():
         raise CheckpointCorrupt(f"no checkpoint at {path}: not a directory")
     meta = read_meta(path)
-    ocp = _ocp()
-    _silence_failed_read_aftermath()
+    check_version(path, meta)
+    ocp = ocp_module()
+    silence_failed_read_aftermath()
     handler = ocp.StandardCheckpointHandler()
     try:
-        with _quiet_orbax():
+        with quiet():
             tree_meta = handler.metadata(path / STATE)
         tree_meta = tree_meta.tree if hasattr(tree_meta, "tree") else tree_meta
-        stored = _leaf_table(tree_meta)
+        stored = compat.leaf_table(tree_meta)
     except Exception as e:
         raise CheckpointCorrupt(
-            f"checkpoint {path} is unreadable (corrupt or truncated): {_reason(e)}"
+            f"checkpoint {path} is unreadable (corrupt or truncated): {short_reason(e)}"
         ) from None
-    diffs = _config_differences(meta.get("config") or {}, _jsonable(config)) if config else []
-    diffs += _differences(stored, _leaf_table(like))
+    diffs = (
+        compat.config_differences(meta.get("config") or {}, compat.jsonable(config))
+        if config
+        else []
+    )
+    diffs += compat.state_differences(stored, compat.leaf_table(like))
     if diffs:
         raise CheckpointMismatch(
             f"checkpoint {path} does not fit this run: {'; '.join(diffs[:6])}"
@@ -362,13 +234,13 @@ def restore(path, like, *, config=None):
     if legacy:  # saved before TrainState had model_state: read the five fields it has
         target = _StateV1(*like[:5])
     try:
-        with _quiet_orbax():
+        with quiet():
             state = handler.restore(path / STATE, args=ocp.args.StandardRestore(target))
         if legacy:
             state = like._replace(**state._asdict())
     except Exception as e:
         raise CheckpointCorrupt(
-            f"checkpoint {path} is unreadable (corrupt or truncated): {_reason(e)}"
+            f"checkpoint {path} is unreadable (corrupt or truncated): {short_reason(e)}"
         ) from None
     finally:
         handler.close()
@@ -422,8 +294,7 @@ class CheckpointDir:
     """
 
     def __init__(self, root, *, keep=3):
-        if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1:
-            raise ValueError(f"keep must be a positive integer, got keep={keep!r}")
+        integer("keep", keep)
         self.root = Path(root).resolve()
         self.keep = int(keep)
         self.directory = self._inside(CHECKPOINTS)
@@ -456,19 +327,19 @@ class CheckpointDir:
         self.path(step)  # refuse a step name that a link would send elsewhere
         args = _save_args(state, config)
         try:
-            with _quiet_orbax():
+            with quiet():
                 if self._manager is None:
                     self._manager = self._open()
                 self._manager.save(step, args=args, force=True)
                 self._manager.wait_until_finished()
         except Exception as e:
             raise CheckpointError(
-                f"could not save checkpoint {step} in {self.directory}: {_reason(e)}"
+                f"could not save checkpoint {step} in {self.directory}: {short_reason(e)}"
             ) from e
         return self.path(step)
 
     def _open(self):
-        ocp = _ocp()
+        ocp = ocp_module()
         self.directory.mkdir(parents=True, exist_ok=True)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=self.keep,
@@ -531,6 +402,6 @@ class CheckpointDir:
 
     def close(self):
         if self._manager is not None:
-            with _quiet_orbax():
+            with quiet():
                 self._manager.close()
             self._manager = None

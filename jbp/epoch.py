@@ -35,6 +35,7 @@ import optax
 
 from jbp import model as model_mod
 from jbp import optim
+from jbp.util import all_finite
 
 BACKWARDS = model_mod.BACKWARDS
 
@@ -95,15 +96,6 @@ def grad_fn(model, backward):
         return model.train_grad(params, mstate, x, y, mask, key=key, backward=backward)
 
     return g
-
-
-def all_finite(tree):
-    """One float sum per leaf: a NaN or ±inf anywhere makes its sum non-finite.
-
-    (Float sums vectorise where boolean isfinite-and reductions do not.)
-    """
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.isfinite(sum((jnp.sum(x) for x in leaves), jnp.asarray(0.0)))
 
 
 #: gradient leaves up to this size are probed every step (biases, norm scales)

@@ -11,7 +11,6 @@ epoch whole, and :class:`DivergenceError` names the epoch and step and carries t
 state.
 """
 
-import hashlib
 import math
 import time
 
@@ -32,6 +31,7 @@ from jbp.epoch import (  # noqa: F401 - re-exported: the engine's pieces, under 
     shuffled_batches,
     shuffled_indices,
 )
+from jbp.util import integer, tree_sha256
 
 
 class DivergenceError(RuntimeError):
@@ -49,10 +49,7 @@ class DivergenceError(RuntimeError):
 
 def params_sha256(params):
     """SHA-256 of the parameters' bytes, leaves in tree order: equal hashes ⇔ equal bits."""
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(params):
-        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-    return h.hexdigest()
+    return tree_sha256(params)
 
 
 def check_model(model):
@@ -79,16 +76,10 @@ def check_fit_args(model, data, batch_size, epochs, backward):
             f"backward must be one of {', '.join(offered)} for this model, got "
             f"backward={backward!r}"
         )
-    if batch_size is not None and (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, (int, np.integer))
-        or batch_size < 1
-    ):
-        raise ValueError(
-            f"batch_size must be a positive integer or None (the whole set), got {batch_size!r}"
-        )
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got epochs={epochs!r}")
+    if batch_size is not None:
+        integer("batch_size", batch_size, message="batch_size must be a positive integer or "
+                f"None (the whole set), got {batch_size!r}")  # fmt: skip
+    integer("epochs", epochs)
     for split, x, y in (("train", data[0], data[1]), ("test", data[2], data[3])):
         model.check_data(x, y, split)  # input shape, non-empty, target shape, label range
 
@@ -150,20 +141,12 @@ def fit(
       DivergenceError: a non-finite loss or gradient (``err.state`` holds the last good one).
     """
     check_fit_args(model, data, batch_size, epochs, backward)
-    if patience is not None and (not isinstance(patience, (int, np.integer)) or patience < 1):
-        raise ValueError(f"patience must be a positive integer, got patience={patience!r}")
-    if state is None:
-        if key is None:
-            raise ValueError("fit needs key= (e.g. jax.random.key(0)) or a state= to resume")
-        state = init_state(model, optimizer, key, dtype)
-    else:
-        if hasattr(model, "check_params"):
-            model.check_params(state.params)
-        _check_model_state(model, state, dtype)
+    if patience is not None:
+        integer("patience", patience)
     if grad_norms and getattr(model, "batch_coupled", False):
         raise ValueError("grad_norms needs per-example gradients: this model couples examples")
-    dt = _param_dtype(state.params, dtype)
-    x, y, x_test, y_test = _device_data(data, dt)
+    state = _start_state(model, optimizer, key, state, dtype)
+    x, y, x_test, y_test = _device_data(data, _param_dtype(state.params, dtype))
     step_bar = None
     if epoch_fn is None:
         par.check_args(devices, parallel)
@@ -174,21 +157,13 @@ def fit(
         else:
             step_bar, on_steps = _step_progress(progress, x.shape[0], batch_size)
             epoch_fn = jax.jit(
-                make_epoch(
-                    model,
-                    optimizer,
-                    batch_size,
-                    backward=backward,
-                    grad_norms=grad_norms,
-                    on_steps=on_steps,
-                )
-            )
-    history = []
-    best = (math.inf, state.params, 0, state.model_state)
-    start = int(state.epoch)
-    bar = _progress_bar(start, epochs) if progress else None
+                make_epoch(model, optimizer, batch_size, backward=backward,
+                           grad_norms=grad_norms, on_steps=on_steps)
+            )  # fmt: skip
+    history, early = [], EarlyStopping(patience, state)
+    bar = _progress_bar(int(state.epoch), epochs) if progress else None
     try:
-        for _ in range(start, epochs):
+        for _ in range(int(state.epoch), epochs):
             t0 = time.perf_counter()
             if step_bar is not None:
                 step_bar.reset()
@@ -198,18 +173,7 @@ def fit(
             if int(metrics["bad_step"]) >= 0:  # keep the last completed epoch's (finite) state
                 raise DivergenceError(int(new_state.epoch), int(metrics["bad_step"]) + 1, state)
             state = new_state
-            record = {
-                "epoch": int(state.epoch),
-                "step": int(state.step),
-                "train_loss": float(metrics["train_loss"]),
-                "test_loss": float(metrics["test_loss"]),
-                "test_accuracy": float(metrics["test_accuracy"]),
-                "lr": None if np.isnan(metrics["lr"]) else float(metrics["lr"]),
-                "seconds": seconds,
-            }
-            for k in ("grad_norm_mean", "grad_norm_std", "grad_norm_max"):
-                if k in metrics:
-                    record[k] = float(metrics[k])
+            record = _record(state, metrics, seconds)
             history.append(record)
             if bar is not None:
                 bar.update(1)
@@ -217,22 +181,68 @@ def fit(
                     loss=f"{record['train_loss']:.4f}", acc=f"{record['test_accuracy']:.4f}"
                 )
             stop = bool(callback(state, record)) if callback is not None else False
-            if patience is not None:
-                if record["test_loss"] < best[0]:
-                    best = (record["test_loss"], state.params, record["epoch"], state.model_state)
-                elif record["epoch"] - best[2] >= patience:
-                    state = state._replace(params=best[1], model_state=best[3])
-                    record["early_stopped"] = True
-                    record["best_epoch"] = best[2]
-                    break
-            if stop:
+            state, stopped_early = early.update(state, record)
+            if stopped_early or stop:
                 break
     finally:
-        if bar is not None:
-            bar.close()
-        if step_bar is not None:
-            step_bar.close()
+        for b in (bar, step_bar):
+            if b is not None:
+                b.close()
     return state, history
+
+
+def _start_state(model, optimizer, key, state, dtype):
+    """A fresh state from ``key``, or ``state`` checked against the model."""
+    if state is None:
+        if key is None:
+            raise ValueError("fit needs key= (e.g. jax.random.key(0)) or a state= to resume")
+        return init_state(model, optimizer, key, dtype)
+    if hasattr(model, "check_params"):
+        model.check_params(state.params)
+    _check_model_state(model, state, dtype)
+    return state
+
+
+def _record(state, metrics, seconds):
+    """The epoch's ``history`` record from the epoch program's metrics (host values)."""
+    record = {
+        "epoch": int(state.epoch),
+        "step": int(state.step),
+        "train_loss": float(metrics["train_loss"]),
+        "test_loss": float(metrics["test_loss"]),
+        "test_accuracy": float(metrics["test_accuracy"]),
+        "lr": None if np.isnan(metrics["lr"]) else float(metrics["lr"]),
+        "seconds": seconds,
+    }
+    for k in ("grad_norm_mean", "grad_norm_std", "grad_norm_max"):
+        if k in metrics:
+            record[k] = float(metrics[k])
+    return record
+
+
+class EarlyStopping:
+    """Stop when the test loss has not improved for ``patience`` epochs; keep the best.
+
+    ``update(state, record) -> (state, stopped)``: when it stops, the returned state carries
+    the best epoch's parameters and model state, and the record gains ``early_stopped`` and
+    ``best_epoch``. ``patience=None``: never stops.
+    """
+
+    def __init__(self, patience, state):
+        self.patience = patience
+        self.best_loss, self.best_epoch = math.inf, 0
+        self.best_params, self.best_model_state = state.params, state.model_state
+
+    def update(self, state, record):
+        if self.patience is None:
+            return state, False
+        if record["test_loss"] < self.best_loss:
+            self.best_loss, self.best_epoch = record["test_loss"], record["epoch"]
+            self.best_params, self.best_model_state = state.params, state.model_state
+        elif record["epoch"] - self.best_epoch >= self.patience:
+            record["early_stopped"], record["best_epoch"] = True, self.best_epoch
+            return state._replace(params=self.best_params, model_state=self.best_model_state), True
+        return state, False
 
 
 def _check_model_state(model, state, dtype):

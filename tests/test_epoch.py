@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import jbp
-from jbp.gradient_check import rel_diff
 from jbp import epoch as engine
 from jbp.data import Dataset
+from jbp.gradient_check import rel_diff
 from jbp.layers import Dropout
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import jbp
-from jbp.gradient_check import rel_diff
 from jbp import heads
+from jbp.gradient_check import rel_diff
 
 HEADS = [
     heads.SoftmaxCrossEntropy(),

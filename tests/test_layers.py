@@ -11,8 +11,8 @@ import pytest
 from absl.testing import parameterized
 
 import jbp
-from jbp.gradient_check import rel_diff
 from jbp import activations
+from jbp.gradient_check import rel_diff
 from jbp.layers import Dropout
 
 DENSE = [

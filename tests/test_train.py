@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import jbp
-from jbp.gradient_check import rel_diff
 from jbp import train
 from jbp.data import DataError, Dataset
+from jbp.gradient_check import rel_diff
 
 
 @pytest.fixture(scope="module")

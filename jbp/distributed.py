@@ -1,0 +1,161 @@
+"""Starting a multi-process run: devices, JAX's distributed runtime, ports and timeouts.
+
+:func:`setup` is the first thing a training command does — before anything else touches JAX
+— because the number of simulated CPU devices and the distributed runtime can only be
+chosen before JAX's backends start. :func:`initialize` wraps ``jax.distributed.initialize``
+with jbp's defaults (gloo collectives on CPU, a loopback-only coordinator for a loopback
+address, a 30 s heartbeat) and turns the runtime's failures into :class:`PeerError`: one
+line, exit status 4 on the command line. The mesh, the sharded epoch and the collectives are
+in :mod:`jbp.parallel`.
+
+Reference: JAX docs, "Multi-process environments" (``jax.distributed.initialize``).
+"""
+
+import ipaddress
+import os
+import socket
+import time
+
+import jax
+
+from jbp.util import integer
+
+HEARTBEAT_TIMEOUT = 30  # s; JAX's default is 100. JBP_HEARTBEAT_TIMEOUT overrides.
+INIT_TIMEOUT = 300  # s to wait for every process to join; JBP_INIT_TIMEOUT overrides.
+
+
+def _int_msg(name, v, lo):
+    return f"{name} must be an integer >= {lo}, got {name}={v!r}"
+
+
+class PeerError(RuntimeError):
+    """A collective failed in a multi-process run: another process died or was stopped."""
+
+
+def is_writer():
+    """True in the one process that writes metrics, plots and checkpoints (process 0)."""
+    return jax.process_index() == 0
+
+
+def _split_address(coordinator):
+    host, sep, port = str(coordinator).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"coordinator must be HOST:PORT (e.g. 127.0.0.1:1234), got {coordinator!r}"
+        )
+    return host, int(port)
+
+
+def _env_seconds(name, default):
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise ValueError(f"{name} must be a positive number of seconds, got {text!r}")
+    return v
+
+
+def setup(devices=None, coordinator=None, num_processes=None, process_id=None):
+    """Configure devices and start JAX's multi-process runtime; call before any other JAX call.
+
+    On CPU, ``devices`` simulates that many devices in all (``jax_num_cpu_devices``, split
+    evenly over the processes); on GPU/TPU the devices are the real ones. With a
+    ``coordinator``, calls :func:`initialize`. Raises ``ValueError`` for a bad combination.
+    """
+    multi = coordinator is not None or process_id is not None or (num_processes or 1) > 1
+    procs = 1
+    if multi:
+        if coordinator is None or num_processes is None or process_id is None:
+            raise ValueError(
+                "multi-process training needs all of --coordinator HOST:PORT, "
+                f"--num-processes N and --process-id I; got coordinator={coordinator!r}, "
+                f"num_processes={num_processes!r}, process_id={process_id!r}"
+            )
+        _split_address(coordinator)
+        integer(
+            "num_processes",
+            num_processes,
+            minimum=1,
+            message=_int_msg("num_processes", num_processes, 1),
+        )
+        integer("process_id", process_id, minimum=0, message=_int_msg("process_id", process_id, 0))
+        if process_id >= num_processes:
+            raise ValueError(
+                f"process_id must be in [0, {num_processes - 1}] for num_processes="
+                f"{num_processes}, got {process_id}"
+            )
+        procs = num_processes
+    if devices is not None:
+        integer("devices", devices, minimum=1, message=_int_msg("devices", devices, 1))
+        if devices % procs:
+            raise ValueError(
+                f"devices={devices} must divide evenly over num_processes={procs} "
+                f"(each process brings the same number of devices)"
+            )
+        try:  # only possible before JAX starts; afterwards make_mesh reports a shortfall
+            jax.config.update("jax_num_cpu_devices", devices // procs)
+        except RuntimeError:
+            pass
+    if multi:
+        initialize(coordinator, num_processes, process_id)
+
+
+def initialize(coordinator, num_processes, process_id, *, bind=None, heartbeat_timeout=None):
+    """``jax.distributed.initialize`` with jbp's defaults: gloo on CPU, loopback-only bind.
+
+    The coordinator (process 0) binds to the host named in ``coordinator`` — so
+    ``127.0.0.1:PORT`` listens on loopback only — unless ``bind`` or the environment variable
+    ``JAX_COORDINATOR_BIND_ADDRESS`` says otherwise (JAX alone would bind every interface).
+    A process that stops sending heartbeats for ``heartbeat_timeout`` seconds (default
+    ``JBP_HEARTBEAT_TIMEOUT`` or 30) ends the others.
+    """
+    host, port = _split_address(coordinator)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if bind is None:
+        bind = os.environ.get("JAX_COORDINATOR_BIND_ADDRESS")
+    if bind is None:
+        try:
+            ipaddress.IPv6Address(host.strip("[]"))
+            bind = f"[{host.strip('[]')}]:{port}"
+        except ValueError:
+            bind = f"{host}:{port}"
+    hb = heartbeat_timeout or _env_seconds("JBP_HEARTBEAT_TIMEOUT", HEARTBEAT_TIMEOUT)
+    init_timeout = _env_seconds("JBP_INIT_TIMEOUT", INIT_TIMEOUT)
+    if process_id != 0:
+        # JAX's client aborts the whole process (a C++ fatal error) when it cannot connect;
+        # waiting for the port first turns the common case into one clear message.
+        _wait_for_port(host.strip("[]"), port, init_timeout, process_id, num_processes)
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator,
+            num_processes=num_processes,
+            process_id=process_id,
+            coordinator_bind_address=bind if process_id == 0 else None,
+            initialization_timeout=init_timeout,
+            heartbeat_timeout_seconds=hb,
+        )
+    except Exception as e:  # the runtime's errors are long; keep the first line
+        raise PeerError(
+            f"process {process_id} of {num_processes} could not join the run at {coordinator}: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from e
+
+
+def _wait_for_port(host, port, timeout, process_id, num_processes):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=2):
+                return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise PeerError(
+                    f"process {process_id} of {num_processes} could not reach the coordinator at "
+                    f"{host}:{port} within {timeout} s ({e.strerror or e}); start process 0 "
+                    f"with the same --coordinator, or check the address"
+                ) from None
+            time.sleep(0.2)
