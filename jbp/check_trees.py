@@ -18,6 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jbp.util import (
+    key_name,
+    rel_diff,  # noqa: F401 - re-exported
+)
+
 
 def enable_x64():
     """A context in which JAX computes in float64 (the global flag is left as it is)."""
@@ -27,29 +32,14 @@ def enable_x64():
     return ctx(True)
 
 
-def rel_diff(a, b):
-    """‖a − b‖₂ / (‖a‖₂ + ‖b‖₂), 0 when both are zero (NaN when either has a NaN)."""
-    a = np.ravel(np.asarray(a, np.float64))
-    b = np.ravel(np.asarray(b, np.float64))
-    den = np.linalg.norm(a) + np.linalg.norm(b)
-    return 0.0 if den == 0 else float(np.linalg.norm(a - b) / den)
-
-
 def is_float(a):
     """An array with a floating dtype (the leaves that get gradients)."""
     return hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)
 
 
-def _key_str(k):
-    for attr in ("key", "idx", "name"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
 def param_name(path):
     """A parameter leaf's name: its path keys joined by ``/``."""
-    return "/".join(_key_str(k) for k in path) or "params"
+    return "/".join(key_name(k) for k in path) or "params"
 
 
 def x_name(path):

@@ -15,17 +15,11 @@ import jax
 import numpy as np
 
 from jbp.config import MAY_DIFFER, RECORDED
+from jbp.util import key_name
 
 #: config keys that may differ on resume: the target epoch; the device layout (recorded, and
 #: warned about by jbp.run, since the run continues but not bit-identically)
 IGNORED_CONFIG = MAY_DIFFER + RECORDED
-
-
-def _key_name(k):
-    for attr in ("name", "key", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
 
 
 def leaf_table(tree):
@@ -34,7 +28,7 @@ def leaf_table(tree):
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         shape = leaf.shape if hasattr(leaf, "shape") else np.shape(leaf)
         dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
-        out[tuple(_key_name(k) for k in path)] = (tuple(shape), np.dtype(dtype).name)
+        out[tuple(key_name(k) for k in path)] = (tuple(shape), np.dtype(dtype).name)
     return out
 
 

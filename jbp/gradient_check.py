@@ -23,16 +23,11 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from jbp.util import rel_diff  # noqa: F401 - re-exported
+
 #: thresholds of the textbook / the project (float64)
 AUTODIFF_TOL = 1e-10
 FD_TOL = 1e-7
-
-
-def rel_diff(a, b):
-    """‖a − b‖₂ / (‖a‖₂ + ‖b‖₂), 0 when both are zero."""
-    a, b = jnp.ravel(jnp.asarray(a)), jnp.ravel(jnp.asarray(b))
-    den = jnp.linalg.norm(a) + jnp.linalg.norm(b)
-    return float(jnp.where(den == 0, 0.0, jnp.linalg.norm(a - b) / jnp.where(den == 0, 1, den)))
 
 
 @dataclasses.dataclass

@@ -89,12 +89,31 @@ def choice(name, value, choices, *, owner="") -> str:
     return value
 
 
+def key_name(k) -> str:
+    """One pytree path key as text: a dict key, a sequence index or an attribute name."""
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
 def tree_sha256(tree) -> str:
     """SHA-256 of a pytree's leaves' bytes, in tree order: equal hashes ⇔ equal bits."""
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
         h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
     return h.hexdigest()
+
+
+def rel_diff(a, b) -> float:
+    """‖a − b‖₂ / (‖a‖₂ + ‖b‖₂) in float64: 0 when both are zero, NaN when either has a NaN.
+
+    Scale-free (1 means unrelated), the measure of every gradient check in jbp.
+    """
+    a = np.ravel(np.asarray(a, np.float64))
+    b = np.ravel(np.asarray(b, np.float64))
+    den = np.linalg.norm(a) + np.linalg.norm(b)
+    return 0.0 if den == 0 else float(np.linalg.norm(a - b) / den)
 
 
 def all_finite(tree) -> jax.Array:
