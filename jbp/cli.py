@@ -19,7 +19,9 @@ EXIT_PEER_LOST = 4  # multi-process: another process died or was stopped
 def build_parser():
     p = Parser(prog="jbp", description="JAX backprop: train, check gradients, benchmark.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    t = sub.add_parser("train", help="train a network", description="Train an MLP.")
+    t = sub.add_parser(
+        "train", help="train a network", description="Train a model (an MLP by default)."
+    )
     add_train_args(t)
     g = sub.add_parser("gradcheck", help="check the manual backward against jax.grad and FD")
     g.add_argument("--layers", default="4,5,3")
@@ -57,8 +59,13 @@ def _epoch_line(rec, epochs):
     return (
         f"epoch {rec['epoch']:>4}/{epochs}  train_loss {rec['train_loss']:.4f}  "
         f"test_loss {rec['test_loss']:.4f}  test_accuracy {rec['test_accuracy']:.4f}  "
-        f"lr {lr}  {rec['seconds']:.2f}s"
+        f"lr {lr}  {_seconds(rec['seconds'])}"
     )
+
+
+def _seconds(s):
+    """``0.42s``, or ``3.1ms`` for an epoch faster than a tenth of a second."""
+    return f"{s * 1e3:.1f}ms" if s < 0.1 else f"{s:.2f}s"
 
 
 def cmd_train(args):

@@ -240,6 +240,45 @@ def make_epoch_on_batches(
     g = step_grad or grad_fn(model, backward)
     total = (lambda v: v) if axis_name is None else (lambda v: jax.lax.psum(v, axis_name))  # noqa: E731
     stochastic = bool(getattr(model, "stochastic", False))
+    train_step = _train_step(model, optimizer, g, total, stochastic, grad_norms, on_steps)
+
+    def run(state, xb, yb, mb, x_test, y_test, source=None, masked=True):
+        key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
+        if stochastic and axis_name is not None:  # each device its own draws
+            sub = jax.random.fold_in(sub, jax.lax.axis_index(axis_name))
+        carry = (state.params, state.opt_state, state.model_state, jnp.asarray(-1, jnp.int32),
+                 state.step)  # fmt: skip
+        xs = (xb, yb, mb, jnp.arange(xb.shape[0], dtype=jnp.int32))
+        step_fn = functools.partial(train_step, source, masked, sub)
+        (params, opt_state, mstate, bad_step, step), out = jax.lax.scan(step_fn, carry, xs)
+        test_loss, test_accuracy = model.evaluate(params, mstate, x_test, y_test)
+        metrics = {
+            "train_loss": jnp.sum(out[0]) / jnp.sum(out[1]),
+            "test_loss": test_loss,
+            "test_accuracy": test_accuracy,
+            "lr": _lr_or_nan(opt_state),
+            # a last update that overflowed shows only in the parameters: one check per epoch
+            "bad_step": jnp.where(
+                (bad_step < 0) & ~all_finite((params, opt_state, mstate)), step - 1, bad_step
+            ),
+        }
+        if grad_norms:
+            metrics.update(_grad_norm_metrics(out, total, axis_name))
+        new_state = TrainState(
+            params, opt_state, step, state.epoch + 1, jax.random.key_data(key), mstate
+        )
+        return new_state, metrics
+
+    return run
+
+
+def _train_step(model, optimizer, g, total, stochastic, grad_norms, on_steps):
+    """One optimizer step, the body of the epoch's ``lax.scan``.
+
+    The carry is ``(params, opt_state, model_state, bad_step, step)``; each step emits the
+    masked loss sum and the real-row count (summed over devices by ``total``), and with
+    ``grad_norms`` the per-example norms' sum, sum of squares and maximum.
+    """
 
     def train_step(source, masked, sub, carry, batch):
         params, opt_state, mstate, bad_step, step = carry
@@ -266,42 +305,16 @@ def make_epoch_on_batches(
             )
         return (new_params, opt_state, new_mstate, bad_step, step + 1), out
 
-    def run(state, xb, yb, mb, x_test, y_test, source=None, masked=True):
-        key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
-        if stochastic and axis_name is not None:  # each device its own draws
-            sub = jax.random.fold_in(sub, jax.lax.axis_index(axis_name))
-        carry = (
-            state.params,
-            state.opt_state,
-            state.model_state,
-            jnp.asarray(-1, jnp.int32),
-            state.step,
-        )
-        xs = (xb, yb, mb, jnp.arange(xb.shape[0], dtype=jnp.int32))
-        step_fn = functools.partial(train_step, source, masked, sub)
-        (params, opt_state, mstate, bad_step, step), out = jax.lax.scan(step_fn, carry, xs)
-        wloss, n = out[:2]
-        test_loss, test_accuracy = model.evaluate(params, mstate, x_test, y_test)
-        metrics = {
-            "train_loss": jnp.sum(wloss) / jnp.sum(n),
-            "test_loss": test_loss,
-            "test_accuracy": test_accuracy,
-            "lr": _lr_or_nan(opt_state),
-            # a last update that overflowed shows only in the parameters: one check per epoch
-            "bad_step": jnp.where(
-                (bad_step < 0) & ~all_finite((params, opt_state, mstate)), step - 1, bad_step
-            ),
-        }
-        if grad_norms:
-            count, s1, s2 = jnp.sum(n), total(jnp.sum(out[2])), total(jnp.sum(out[3]))
-            mx = jnp.max(out[4]) if axis_name is None else jax.lax.pmax(jnp.max(out[4]), axis_name)
-            mean = s1 / count
-            metrics["grad_norm_mean"] = mean
-            metrics["grad_norm_std"] = jnp.sqrt(jnp.maximum(s2 / count - mean**2, 0))
-            metrics["grad_norm_max"] = mx
-        new_state = TrainState(
-            params, opt_state, step, state.epoch + 1, jax.random.key_data(key), mstate
-        )
-        return new_state, metrics
+    return train_step
 
-    return run
+
+def _grad_norm_metrics(out, total, axis_name):
+    """Mean, standard deviation and maximum of the epoch's per-example gradient norms."""
+    count, s1, s2 = jnp.sum(out[1]), total(jnp.sum(out[2])), total(jnp.sum(out[3]))
+    mx = jnp.max(out[4]) if axis_name is None else jax.lax.pmax(jnp.max(out[4]), axis_name)
+    mean = s1 / count
+    return {
+        "grad_norm_mean": mean,
+        "grad_norm_std": jnp.sqrt(jnp.maximum(s2 / count - mean**2, 0)),
+        "grad_norm_max": mx,
+    }

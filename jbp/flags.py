@@ -103,7 +103,7 @@ ALIASES = {
 
 def add_train_args(p):
     """The ``jbp train`` flags, grouped as ``jbp train --help`` shows them."""
-    from jbp import data, epoch, optim, parallel, schedules
+    from jbp import data, epoch, parallel
     from jbp.activations import ACTIVATIONS, OUTPUTS
     from jbp.losses import COSTS
 
@@ -127,27 +127,7 @@ def add_train_args(p):
     g.add_argument("--output", help=" | ".join(OUTPUTS) + " (default softmax)")
     g.add_argument("--cost", help=" | ".join(COSTS))
     g.add_argument("--dtype", default="float32", choices=config.DTYPES)
-    g = p.add_argument_group("optimizer and schedule: NAME or NAME:key=value,…")
-    g.add_argument(
-        "--optimizer",
-        help=" | ".join(f"{n}:{','.join(optim.hyperparameters(n))}" for n in optim.NAMES)
-        + " (default adam), e.g. adam:b1=0.9,b2=0.99",
-    )
-    g.add_argument("--lr", type=number("--lr", positive=True), help="learning rate (initial)")
-    g.add_argument(
-        "--schedule",
-        help=" | ".join(
-            f"{n}:{','.join(schedules.options(n))}" if schedules.options(n) else n
-            for n in schedules.NAMES
-        )
-        + " (default constant), e.g. staircase:factor=0.5,every_epochs=10",
-    )
-    for dest in ALIASES:  # one release more, then gone
-        flag = "--" + dest.replace("_", "-")
-        if dest == "bias_correction":
-            g.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
-        else:
-            g.add_argument(flag, help=argparse.SUPPRESS)
+    _add_optimizer_args(p.add_argument_group("optimizer and schedule: NAME or NAME:key=value,…"))
     g = p.add_argument_group("training")
     g.add_argument("--batch-size", help="N, or full for batch gradient descent (1 = SGD)")
     g.add_argument("--epochs", type=count("--epochs"), help="train up to this epoch")
@@ -165,6 +145,32 @@ def add_train_args(p):
     g.add_argument("--num-processes", type=count("--num-processes"))
     g.add_argument("--process-id", type=int, help="this process's rank, 0 … N-1")
     _add_output_args(p.add_argument_group("output"))
+
+
+def _add_optimizer_args(g):
+    from jbp import optim, schedules
+
+    g.add_argument(
+        "--optimizer",
+        help=" | ".join(_with_keys(n, optim.hyperparameters(n)) for n in optim.NAMES)
+        + " (default adam), e.g. adam:b1=0.9,b2=0.99",
+    )
+    g.add_argument("--lr", type=number("--lr", positive=True), help="learning rate (initial)")
+    g.add_argument(
+        "--schedule",
+        help=" | ".join(_with_keys(n, schedules.options(n)) for n in schedules.NAMES)
+        + " (default constant), e.g. staircase:factor=0.5,every_epochs=10",
+    )
+    for dest in ALIASES:  # one release more, then gone
+        flag = "--" + dest.replace("_", "-")
+        if dest == "bias_correction":
+            g.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+        else:
+            g.add_argument(flag, help=argparse.SUPPRESS)
+
+
+def _with_keys(name, keys):
+    return f"{name}:{','.join(keys)}" if keys else name
 
 
 def _add_output_args(g):

@@ -187,17 +187,7 @@ def make_epoch_fn(
 
     replicated = NamedSharding(mesh, P())
     by_column = NamedSharding(mesh, P(None, AXIS))
-    if parallel == "shard_map":
-        specs = (P(), P(None, AXIS), P(None, AXIS), P(None, AXIS), P(), P())
-        program = jax.jit(jax.shard_map(run, mesh=mesh, in_specs=specs, out_specs=P()))
-    else:
-        program = jax.pmap(
-            run,
-            axis_name=AXIS,
-            in_axes=(None, 0, 0, 0, None, None),
-            out_axes=None,
-            devices=mesh_devices,
-        )
+    program = _mapped(run, mesh, parallel)
     cache = {}
 
     def host(a):  # one host copy of the training set per process, kept across epochs
@@ -232,17 +222,36 @@ def make_epoch_fn(
                 np.moveaxis(a.reshape((nb, n_local, c) + a.shape[2:]), 1, 0) for a in (xb, yb, mb)
             )
             args = (state, xb, yb, mb, x_test, y_test)
-        if jax.process_count() == 1:
-            return program(*args)
-        try:
-            return jax.block_until_ready(program(*args))
-        except Exception as e:
-            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise PeerError(
-                f"process {jax.process_index()} of {jax.process_count()}: a collective failed, "
-                f"most likely because another process died or was stopped ({first_line}); "
-                f"restart every process with --resume to continue from the last checkpoint"
-            ) from e
+        return _collective(program, args)
 
     epoch.mesh = mesh
     return epoch
+
+
+def _mapped(run, mesh, parallel):
+    """``run`` mapped over the mesh: state and test set replicated, batches by column."""
+    if parallel == "shard_map":
+        specs = (P(), P(None, AXIS), P(None, AXIS), P(None, AXIS), P(), P())
+        return jax.jit(jax.shard_map(run, mesh=mesh, in_specs=specs, out_specs=P()))
+    return jax.pmap(
+        run,
+        axis_name=AXIS,
+        in_axes=(None, 0, 0, 0, None, None),
+        out_axes=None,
+        devices=list(mesh.devices.flat),
+    )
+
+
+def _collective(program, args):
+    """Run the mapped epoch; in a multi-process run, a failed collective is a PeerError."""
+    if jax.process_count() == 1:
+        return program(*args)
+    try:
+        return jax.block_until_ready(program(*args))
+    except Exception as e:
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PeerError(
+            f"process {jax.process_index()} of {jax.process_count()}: a collective failed, "
+            f"most likely because another process died or was stopped ({first_line}); "
+            f"restart every process with --resume to continue from the last checkpoint"
+        ) from e

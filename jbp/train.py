@@ -156,38 +156,48 @@ def fit(
             )
         else:
             step_bar, on_steps = _step_progress(progress, x.shape[0], batch_size)
+            # Deliberately not donate_argnums: the host keeps the previous epoch's state (the
+            # last good one a DivergenceError hands back; early stopping's best; a callback's
+            # saved copy), and a donated input would be freed under them. The copy it costs
+            # is one set of parameters and optimizer moments per epoch, not per step.
             epoch_fn = jax.jit(
                 make_epoch(model, optimizer, batch_size, backward=backward,
                            grad_norms=grad_norms, on_steps=on_steps)
             )  # fmt: skip
-    history, early = [], EarlyStopping(patience, state)
-    bar = _progress_bar(int(state.epoch), epochs) if progress else None
+    bars = (_progress_bar(int(state.epoch), epochs) if progress else None, step_bar)
     try:
-        for _ in range(int(state.epoch), epochs):
-            t0 = time.perf_counter()
-            if step_bar is not None:
-                step_bar.reset()
-            new_state, metrics = epoch_fn(state, x, y, x_test, y_test)
-            metrics = jax.device_get(metrics)  # the one host round trip of the epoch
-            seconds = time.perf_counter() - t0
-            if int(metrics["bad_step"]) >= 0:  # keep the last completed epoch's (finite) state
-                raise DivergenceError(int(new_state.epoch), int(metrics["bad_step"]) + 1, state)
-            state = new_state
-            record = _record(state, metrics, seconds)
-            history.append(record)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{record['train_loss']:.4f}", acc=f"{record['test_accuracy']:.4f}"
-                )
-            stop = bool(callback(state, record)) if callback is not None else False
-            state, stopped_early = early.update(state, record)
-            if stopped_early or stop:
-                break
+        return _epochs(epoch_fn, state, (x, y, x_test, y_test), epochs, callback,
+                       EarlyStopping(patience, state), bars)  # fmt: skip
     finally:
-        for b in (bar, step_bar):
+        for b in bars:
             if b is not None:
                 b.close()
+
+
+def _epochs(epoch_fn, state, data, epochs, callback, early, bars):
+    """Run epochs up to ``epochs``: check, record, report, maybe stop; ``(state, history)``."""
+    history, (bar, step_bar) = [], bars
+    for _ in range(int(state.epoch), epochs):
+        t0 = time.perf_counter()
+        if step_bar is not None:
+            step_bar.reset()
+        new_state, metrics = epoch_fn(state, *data)
+        metrics = jax.device_get(metrics)  # the one host round trip of the epoch
+        seconds = time.perf_counter() - t0
+        if int(metrics["bad_step"]) >= 0:  # keep the last completed epoch's (finite) state
+            raise DivergenceError(int(new_state.epoch), int(metrics["bad_step"]) + 1, state)
+        state = new_state
+        record = _record(state, metrics, seconds)
+        history.append(record)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{record['train_loss']:.4f}", acc=f"{record['test_accuracy']:.4f}"
+            )
+        stop = bool(callback(state, record)) if callback is not None else False
+        state, stopped_early = early.update(state, record)
+        if stopped_early or stop:
+            break
     return state, history
 
 
