@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jbp.layers import Layer, call_forward, shape_tuple
+from jbp.util import integer
 
 
 def _keys(key, n, children):
@@ -159,8 +160,8 @@ class FanOut(Layer):
     n: int
 
     def __post_init__(self):
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"FanOut needs a positive number of branches, got n={self.n!r}")
+        message = f"FanOut needs a positive number of branches, got n={self.n!r}"
+        object.__setattr__(self, "n", integer("n", self.n, message=message))
 
     def init(self, key, in_shape, dtype=jnp.float32):
         return (), (), (shape_tuple(in_shape),) * self.n

@@ -25,12 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbp.layers import Layer
-
-
-def _positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"Embedding {name} must be a positive integer, got {name}={v!r}")
-    return int(v)
+from jbp.util import integer, is_integer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,20 +54,19 @@ class Embedding(Layer):
     features: int
 
     def __post_init__(self):
-        object.__setattr__(self, "n_embed", _positive_int("n_embed", self.n_embed))
-        object.__setattr__(self, "features", _positive_int("features", self.features))
+        object.__setattr__(self, "n_embed", integer("n_embed", self.n_embed, owner="Embedding"))
+        object.__setattr__(self, "features", integer("features", self.features, owner="Embedding"))
 
     def init(self, key, in_shape, dtype=jnp.float32):
-        if isinstance(in_shape, (int, np.integer)):
-            in_shape = (int(in_shape),)
-        in_shape = tuple(in_shape)
-        if not all(
-            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
-            for s in in_shape
-        ):
+        given = in_shape
+        try:
+            in_shape = (int(in_shape),) if is_integer(in_shape) else tuple(in_shape)
+        except TypeError:  # a bool, a float, None: not a shape
+            in_shape = None
+        if in_shape is None or not all(is_integer(s) and s >= 1 for s in in_shape):
             raise ValueError(
                 f"Embedding in_shape must be the ids' shape (positive integers, or () for one "
-                f"id per example), got in_shape={in_shape}"
+                f"id per example), got in_shape={given if in_shape is None else in_shape}"
             )
         in_shape = tuple(int(s) for s in in_shape)
         std = jnp.asarray(1 / np.sqrt(self.features), dtype)

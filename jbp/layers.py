@@ -24,7 +24,7 @@ The contract (every layer, built-in or yours, and every combinator)::
 ``jbp.check_layer`` verifies a backward against ``jax.vjp`` of the same forward and against
 finite differences, leaf by leaf; write a layer, check it, then train it with ``jbp.fit``.
 
-The dense layer (rows are examples, so the seed's column formulas appear transposed; dZ is
+The dense layer (rows are examples, so Nielsen's column formulas appear transposed; dZ is
 δ, one row per example, already carrying the loss's 1/m)::
 
     Z = X·W + b,   Y = g(Z)
@@ -32,6 +32,9 @@ The dense layer (rows are examples, so the seed's column formulas appear transpo
     dW = Xᵀ·dZ            (BP4: ∂C/∂w = a_in·δ_out, summed over the batch)
     db = Σᵢ dZᵢ           (BP3: ∂C/∂b = δ)
     dX = dZ·Wᵀ            (the (Wˡ⁺¹)ᵀδˡ⁺¹ factor of BP2)
+
+and the parameter-free layers: ``Activation`` Y = g(X), dX = dY ⊙ g'(X); ``Flatten`` reshapes
+X to (batch, d₁·d₂·…) and dY back; ``Dropout`` Y = X ⊙ M/(1 − rate), dX = dY ⊙ M/(1 − rate).
 
 Reference: Nielsen, *Neural Networks and Deep Learning*, ch. 2; the ``stax`` layer contract
 (``jax.example_libraries.stax``), with a cache and a backward added.
@@ -47,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbp import activations
+from jbp.util import integer, is_integer, real
 
 
 class Layer:
@@ -106,14 +110,16 @@ def current_batch_axis():
 
 def shape_tuple(shape, what="in_shape"):
     """A shape as a tuple of ints (a tuple of such tuples for several inputs)."""
-    if isinstance(shape, (int, np.integer)):
+    if is_integer(shape):
         return (int(shape),)
-    shape = tuple(shape)
+    try:
+        shape = tuple(shape)
+    except TypeError:  # a bool, a float, None: not a shape
+        raise ValueError(f"{what} must be positive integers, got {what}={shape!r}") from None
     if shape and all(isinstance(s, (tuple, list)) for s in shape):
         return tuple(shape_tuple(s, what) for s in shape)
-    for s in shape:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
-            raise ValueError(f"{what} must be positive integers, got {what}={shape}")
+    if not all(is_integer(s) and s >= 1 for s in shape):
+        raise ValueError(f"{what} must be positive integers, got {what}={shape}")
     return tuple(int(s) for s in shape)
 
 
@@ -219,11 +225,7 @@ class Dense(Layer):
     initializer: str = "auto"
 
     def __post_init__(self):
-        if isinstance(self.n_out, bool) or not isinstance(self.n_out, (int, np.integer)):
-            raise ValueError(f"Dense n_out must be a positive integer, got {self.n_out!r}")
-        if self.n_out < 1:
-            raise ValueError(f"Dense n_out must be a positive integer, got {self.n_out!r}")
-        object.__setattr__(self, "n_out", int(self.n_out))
+        object.__setattr__(self, "n_out", integer("n_out", self.n_out, owner="Dense"))
         if self.activation is not None and self.activation not in activations.ACTIVATIONS:
             raise ValueError(
                 f"unknown activation {self.activation!r}; expected None or one of "
@@ -331,8 +333,7 @@ class Dropout(Layer):
     stochastic = True
 
     def __post_init__(self):
-        if isinstance(self.rate, bool) or not 0 <= float(self.rate) < 1:
-            raise ValueError(f"Dropout rate must be in [0, 1), got rate={self.rate!r}")
+        real("rate", self.rate, low=0, high=1, high_open=True, owner="Dropout")
 
     def init(self, key, in_shape, dtype=jnp.float32):
         return (), (), shape_tuple(in_shape)

@@ -42,6 +42,7 @@ from jbp.combinators import Sequential
 from jbp.layers import INITIALIZERS as _RULES
 from jbp.layers import Dense
 from jbp.model import LayerModel, per_example_grads
+from jbp.util import is_integer
 
 INITIALIZERS = ("auto", *_RULES)
 
@@ -82,9 +83,8 @@ class MLP(LayerModel):
         sizes = tuple(sizes)
         if len(sizes) < 2:
             raise ValueError(f"sizes needs at least an input and an output width, got {sizes}")
-        for s in sizes:
-            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s <= 0:
-                raise ValueError(f"sizes must be positive integers, got sizes={sizes}")
+        if not all(is_integer(s) and s >= 1 for s in sizes):
+            raise ValueError(f"sizes must be positive integers, got sizes={sizes}")
         object.__setattr__(self, "sizes", tuple(int(s) for s in sizes))
         n_hidden = len(sizes) - 2
         acts = self.activation

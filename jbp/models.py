@@ -9,7 +9,7 @@ with an optional BatchNorm after each convolution. On 28×28×1 images it has 42
 parameters (without BatchNorm). Reference: the Keras / flax MNIST examples' CNN.
 """
 
-from jbp import combinators, conv, heads, layers, model
+from jbp import combinators, conv, heads, layers, model, pool
 
 
 def cnn(in_shape=(28, 28, 1), n_classes=10, *, batchnorm=False, dropout=0.25, width=(32, 64, 128)):
@@ -30,7 +30,7 @@ def cnn(in_shape=(28, 28, 1), n_classes=10, *, batchnorm=False, dropout=0.25, wi
             from jbp import norms
 
             blocks.append(norms.BatchNorm())
-        blocks += [layers.Activation("relu"), conv.MaxPool((2, 2))]
+        blocks += [layers.Activation("relu"), pool.MaxPool((2, 2))]
     blocks += [layers.Flatten(), layers.Dense(hidden, "relu")]
     if dropout:
         blocks.append(layers.Dropout(dropout))

@@ -26,14 +26,13 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jbp.layers import Layer, current_batch_axis, shape_tuple
+from jbp.util import real
 
 
 def _check_eps(name, eps):
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.number)) or not eps > 0:
-        raise ValueError(f"{name} eps must be a positive number, got eps={eps!r}")
+    real("eps", eps, low=0, low_open=True, owner=name)
 
 
 def _features(name, in_shape):
@@ -151,9 +150,7 @@ class BatchNorm(Layer):
     batch_coupled = True
 
     def __post_init__(self):
-        m = self.momentum
-        if isinstance(m, bool) or not isinstance(m, (int, float, np.number)) or not 0 <= m <= 1:
-            raise ValueError(f"BatchNorm momentum must be in [0, 1], got momentum={m!r}")
+        real("momentum", self.momentum, low=0, high=1, owner="BatchNorm")
         _check_eps("BatchNorm", self.eps)
 
     def init(self, key, in_shape, dtype=jnp.float32):
