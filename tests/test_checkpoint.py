@@ -465,3 +465,23 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint(interrupted):
     resumed = _last_json(r["resume_out"])
     assert resumed["params_sha256"] == interrupted["reference"]["params_sha256"]
     assert _epochs(run) == list(range(1, interrupted["target"] + 1))  # epoch 3 not twice
+
+
+@pytest.mark.parametrize(
+    "version, message",
+    [
+        (2, r"format version 2, written by a newer jbp; this jbp reads version 1 and older"),
+        (0, r"format version 0, older than any this jbp reads"),
+        (None, r"has no valid format version \(None\)"),
+    ],
+)
+def test_restore_checks_the_format_version(tmp_path, version, message):
+    st = _small_state()
+    path = checkpoint.save(tmp_path / "ck", st)
+    meta_file = path / checkpoint.META / "metadata"
+    meta = json.loads(meta_file.read_text())
+    assert meta["version"] == checkpoint.VERSION
+    meta["version"] = version
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(checkpoint.CheckpointVersion, match=message):
+        checkpoint.restore(path, like=st)

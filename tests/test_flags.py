@@ -1,0 +1,80 @@
+"""jbp train's flags: --optimizer/--schedule NAME:key=value specs, the aliases, the config."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jbp import cli, config, flags
+
+BASE = ["train", "--epochs", "2", "--quiet", "--json", "--layers", "_,12,_"]
+
+
+def _train(capsys, *argv):
+    rc = cli.main([*BASE, *argv])
+    out, err = capsys.readouterr()
+    return rc, (json.loads(out.strip().splitlines()[-1]) if rc == 0 else None), err.strip()
+
+
+def test_specs_train_exactly_as_the_alias_flags(capsys):
+    rc, spec, _ = _train(capsys, "--optimizer", "momentum:beta=0.8,bias_correction=true",
+                         "--schedule", "staircase:factor=0.5,every=1", "--lr", "0.1")  # fmt: skip
+    assert rc == 0
+    rc, alias, _ = _train(capsys, "--optimizer", "momentum", "--beta", "0.8", "--bias-correction",
+                          "--schedule", "staircase", "--factor", "0.5", "--every", "1", "--lr", "0.1")  # fmt: skip
+    assert rc == 0 and alias["params_sha256"] == spec["params_sha256"]
+    rc, plain, _ = _train(capsys, "--optimizer", "momentum", "--lr", "0.1")
+    assert plain["params_sha256"] != spec["params_sha256"]  # the options did something
+    assert spec["lr"] == pytest.approx(0.1 * 0.5**1)  # the last step's lr: epoch 1 of staircase
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--optimizer", "adam:beta=0.9"],
+            "optimizer 'adam' takes no hyperparameter 'beta'; it takes: b1, b2, eps",
+        ),
+        (
+            ["--schedule", "staircase:rate=2"],
+            "schedule 'staircase' takes no parameter 'rate'; it takes: factor, every_epochs",
+        ),
+        (["--optimizer", "adam:b=0.9"], "'b' could be b1 or b2"),
+        (["--optimizer", "adam:b1=high"], "b1='high' is not a number"),
+        (["--optimizer", "adam:b1=1.5"], "b1 must be in [0, 1), got b1=1.5"),
+        (["--schedule", "cosine:k=1"], "unknown schedule 'cosine'; valid names: constant"),
+        (["--factor", "0.5"], "factor need --schedule NAME"),
+        (
+            ["--schedule", "piecewise:boundaries=2,values=0.5,0.1,0.01"],
+            "one value (the lr after it) per boundary",
+        ),
+    ],
+)
+def test_bad_specs_exit_2_naming_what_is_accepted(capsys, argv, message):
+    rc, _, err = _train(capsys, *argv)
+    assert rc == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_help_lists_the_registries():
+    text = subprocess.run([sys.executable, "-m", "jbp", "train", "--help"], capture_output=True,
+                          text=True).stdout  # fmt: skip
+    for name in (
+        "adam:b1,b2,eps",
+        "momentum:beta,bias_correction",
+        "staircase:factor,every_epochs",
+    ):
+        assert name in text
+    assert "--beta1" not in text  # aliases work but are not advertised
+
+
+def test_run_config_and_to_argv_round_trip():
+    argv = ["--data", "digits", "--optimizer", "adam:b2=0.99", "--schedule",
+            "piecewise:boundaries=3,values=1e-3", "--batch-size", "full", "--patience", "2"]  # fmt: skip
+    c = flags.run_config(flags.train_parser().parse_args(argv))
+    assert c.optimizer_options == (("b2", 0.99),)
+    assert c.schedule_options == (("boundaries_epochs", (3,)), ("values", (1e-3,)))
+    assert (c.batch_size, c.patience) == ("full", 2)
+    again = flags.run_config(flags.train_parser().parse_args(flags.to_argv(c)))
+    assert again == c
+    assert flags.to_argv(config.RunConfig()) == []
