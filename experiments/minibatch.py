@@ -64,7 +64,7 @@ def run_one(cfg, net, ds, batch_size):
     key = jax.random.key(cfg.seed)
     epoch_fn = jax.jit(train.make_epoch(net, opt, batch_size))
     state0 = train.init_state(net, opt, key)
-    dev = train._device_data(ds, jax.numpy.float32)
+    dev = train.device_data(ds, jax.numpy.float32)
     jax.block_until_ready(epoch_fn(state0, *dev))  # compile outside the timed epochs
 
     full_loss = jax.jit(net.loss)

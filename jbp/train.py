@@ -146,7 +146,7 @@ def fit(
     if grad_norms and getattr(model, "batch_coupled", False):
         raise ValueError("grad_norms needs per-example gradients: this model couples examples")
     state = _start_state(model, optimizer, key, state, dtype)
-    x, y, x_test, y_test = _device_data(data, _param_dtype(state.params, dtype))
+    x, y, x_test, y_test = device_data(data, _param_dtype(state.params, dtype))
     step_bar = None
     if epoch_fn is None:
         par.check_args(devices, parallel)
@@ -273,7 +273,7 @@ def _param_dtype(params, default):
     return default
 
 
-def _device_data(data, dtype):
+def device_data(data, dtype):
     """The data on the device: float inputs in the parameters' dtype, integer ones (token
     ids) as they are; integer labels stay integers, real targets take the dtype."""
     x, y, x_test, y_test = data
