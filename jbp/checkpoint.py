@@ -45,233 +45,35 @@ Reference: orbax-checkpoint, ``CheckpointManager`` and its atomicity contract
 (https://orbax.readthedocs.io/en/latest/guides/checkpoint/checkpointing_pytrees.html).
 """
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
-import numpy as np
 
-from jbp import compat
-from jbp.orbax_quiet import ocp_module, quiet, short_reason, silence_failed_read_aftermath
-from jbp.util import integer, tree_sha256
+from jbp.checkpoint_format import (  # noqa: F401 - the single-checkpoint API, re-exported
+    FORMAT,
+    META,
+    STATE,
+    VERSION,
+    CheckpointCorrupt,
+    CheckpointError,
+    CheckpointMismatch,
+    CheckpointVersion,
+    check_version,
+    read_meta,
+    restore,
+    save,
+    save_args,
+    state_sha256,
+)
+from jbp.orbax_quiet import ocp_module, quiet, short_reason
+from jbp.util import integer
 
-FORMAT = "jbp-checkpoint"
-#: the format written; restore reads 1 … VERSION. Version 1: items state and meta; the state
-#: is a TrainState (checkpoints from before models had state lack model_state: still read).
-VERSION = 1
-STATE, META = "state", "meta"
 CHECKPOINTS = "checkpoints"
 UNREADABLE = "checkpoints-unreadable"
 _STEP = re.compile(r"^[0-9]+$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message says which and why."""
-
-
-class CheckpointCorrupt(CheckpointError):
-    """The checkpoint's files cannot be read back (truncated, garbled, incomplete)."""
-
-
-class CheckpointVersion(CheckpointError):
-    """The checkpoint was written in a format version this jbp does not read."""
-
-
-class CheckpointMismatch(CheckpointError):
-    """The checkpoint is readable but belongs to another run (architecture, optimizer, dtype)."""
-
-
-def state_sha256(state):
-    """SHA-256 of every leaf's bytes in tree order (``params_sha256`` over the whole state)."""
-    return tree_sha256(state)
-
-
-# -------------------------------------------------------------------- one checkpoint
-def _host(x):
-    """A host copy of one leaf. Replicated state (data-parallel runs) is saved once, from this
-    process's first copy, so a checkpoint never depends on the device layout that wrote it."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        x = x.addressable_data(0)
-    return np.asarray(x)
-
-
-def _save_args(state, config):
-    ocp = ocp_module()
-    state = jax.tree.map(_host, state)
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "epoch": int(state.epoch) if hasattr(state, "epoch") else None,
-        "step": int(state.step) if hasattr(state, "step") else None,
-        "state_sha256": state_sha256(state),
-        "config": compat.jsonable(config or {}),
-    }
-    return ocp.args.Composite(
-        **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
-    )
-
-
-def save(path, state, *, config=None):
-    """Write ``state`` (a TrainState or any pytree of arrays) as a checkpoint at ``path``.
-
-    The save is atomic (written to a temporary directory, renamed when complete) and
-    synchronous: when ``save`` returns, the checkpoint is on disk.
-
-    Args:
-      path: a directory that does not exist yet (an existing one is never overwritten).
-      state: the pytree to save, e.g. the ``state`` returned by ``jbp.fit``.
-      config: an optional JSON-serialisable dict describing the run; ``restore(...,
-        config=)`` then refuses a checkpoint written with another config.
-
-    Returns:
-      The checkpoint's absolute ``Path``.
-    """
-    path = Path(path).absolute()
-    if path.exists() or path.is_symlink():
-        raise ValueError(
-            f"checkpoint path {path} already exists: refusing to overwrite it (choose a new path)"
-        )
-    ocp = ocp_module()
-    args = _save_args(state, config)
-    try:
-        with quiet(), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-            ckptr.save(path, args=args)
-    except Exception as e:  # disk full, permissions …: say where, keep the reason
-        raise CheckpointError(f"could not save a checkpoint to {path}: {short_reason(e)}") from e
-    return path
-
-
-def read_meta(path):
-    """The JSON ``meta`` item of the checkpoint at ``path`` (raises :class:`CheckpointCorrupt`)."""
-    path = Path(path)
-    f = path / META / "metadata"
-    try:
-        meta = json.loads(f.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointCorrupt(
-            f"checkpoint {path} is unreadable (corrupt or truncated): {META}/metadata: {short_reason(e)}"
-        ) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointCorrupt(
-            f"checkpoint {path} is unreadable (corrupt or truncated): {META}/metadata is not a "
-            f"{FORMAT} record"
-        )
-    return meta
-
-
-def check_version(path, meta):
-    """Refuse a checkpoint whose format ``version`` this jbp cannot read, saying which."""
-    v = meta.get("version")
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise CheckpointVersion(
-            f"checkpoint {path} has no valid format version ({v!r}); this jbp reads version "
-            f"{VERSION}"
-        )
-    if v > VERSION:
-        raise CheckpointVersion(
-            f"checkpoint {path} is format version {v}, written by a newer jbp; this jbp reads "
-            f"version {VERSION} and older: upgrade jbp to resume it"
-        )
-    if v < 1:
-        raise CheckpointVersion(
-            f"checkpoint {path} is format version {v}, older than any this jbp reads (1 to "
-            f"{VERSION}): resume it with the jbp that wrote it, or start a new run"
-        )
-
-
-def restore(path, like, *, config=None):
-    """Read the checkpoint at ``path`` back into the structure of ``like``, exactly.
-
-    Args:
-      path: a checkpoint directory written by :func:`save` (or a step of a
-        :class:`CheckpointDir`).
-      like: a state of the expected structure, shapes and dtypes, e.g. ``init_state(net,
-        optimizer, key, dtype)`` for the run being resumed; its values are not used.
-      config: if given, the run config the checkpoint must have been saved with
-        (``epochs`` may differ).
-
-    Returns:
-      The saved state, with ``like``'s pytree types (TrainState, the optimizer's NamedTuple)
-      and bit-for-bit the saved values.
-
-    Raises:
-      CheckpointCorrupt: missing, truncated or garbled files (nothing is deleted).
-      CheckpointMismatch: another architecture, optimizer, dtype or run config.
-      CheckpointVersion: a format version this jbp does not read (newer or too old).
-    """
-    path = Path(path).absolute()
-    if not path.is_dir():
-        raise CheckpointCorrupt(f"no checkpoint at {path}: not a directory")
-    meta = read_meta(path)
-    check_version(path, meta)
-    ocp = ocp_module()
-    silence_failed_read_aftermath()
-    handler = ocp.StandardCheckpointHandler()
-    try:
-        with quiet():
-            tree_meta = handler.metadata(path / STATE)
-        tree_meta = tree_meta.tree if hasattr(tree_meta, "tree") else tree_meta
-        stored = compat.leaf_table(tree_meta)
-    except Exception as e:
-        raise CheckpointCorrupt(
-            f"checkpoint {path} is unreadable (corrupt or truncated): {short_reason(e)}"
-        ) from None
-    diffs = (
-        compat.config_differences(meta.get("config") or {}, compat.jsonable(config))
-        if config
-        else []
-    )
-    diffs += compat.state_differences(stored, compat.leaf_table(like))
-    if diffs:
-        raise CheckpointMismatch(
-            f"checkpoint {path} does not fit this run: {'; '.join(diffs[:6])}"
-            + (f" (and {len(diffs) - 6} more)" if len(diffs) > 6 else "")
-        )
-    target, legacy = like, _is_legacy(tree_meta, like)
-    if legacy:  # saved before TrainState had model_state: read the five fields it has
-        target = _StateV1(*like[:5])
-    try:
-        with quiet():
-            state = handler.restore(path / STATE, args=ocp.args.StandardRestore(target))
-        if legacy:
-            state = like._replace(**state._asdict())
-    except Exception as e:
-        raise CheckpointCorrupt(
-            f"checkpoint {path} is unreadable (corrupt or truncated): {short_reason(e)}"
-        ) from None
-    finally:
-        handler.close()
-    got = state_sha256(state)
-    if got != meta.get("state_sha256"):
-        raise CheckpointCorrupt(
-            f"checkpoint {path} is corrupt: its arrays hash to {got[:12]}…, but "
-            f"{str(meta.get('state_sha256'))[:12]}… was recorded when it was saved"
-        )
-    return state
-
-
-class _StateV1(NamedTuple):
-    """The TrainState of checkpoints written before models could have state."""
-
-    params: object
-    opt_state: object
-    step: object
-    epoch: object
-    key: object
-
-
-def _is_legacy(tree_meta, like):
-    """A checkpoint without ``model_state``, restored into a state whose model_state is empty."""
-    return (
-        isinstance(tree_meta, dict)
-        and "model_state" not in tree_meta
-        and set(tree_meta) == set(_StateV1._fields)
-        and hasattr(like, "model_state")
-        and not jax.tree.leaves(like.model_state)
-    )
 
 
 # ------------------------------------------------------------------ a run's folder
@@ -325,7 +127,7 @@ class CheckpointDir:
         """Save ``state`` as checkpoint ``int(state.epoch)``; synchronous and atomic."""
         step = int(state.epoch)
         self.path(step)  # refuse a step name that a link would send elsewhere
-        args = _save_args(state, config)
+        args = save_args(state, config)
         try:
             with quiet():
                 if self._manager is None:
