@@ -9,7 +9,7 @@ forward and one backward pass. The "cheap gradient principle" (Griewank & Walthe
 time(gradient)/time(function) by a small constant, ≤ ~3–5, independent of n.
 
 For networks from ~10 to ~10⁵ weights this script
-  * counts the loss evaluations ``jbp.gradcheck.finite_differences`` really performs (a
+  * counts the loss evaluations ``jbp.gradient_check.finite_differences`` really performs (a
     ``jax.debug.callback`` inside the loss ticks once per evaluation, vmapped or not),
   * checks that its gradient matches the hand-written backward (central: rel. diff < 1e-7),
   * times forward, manual backprop, ``jax.grad`` and both finite-difference schemes (all
@@ -33,7 +33,7 @@ from jax.flatten_util import ravel_pytree
 
 import jbp
 from experiments import common
-from jbp.gradient_check import rel_diff
+from jbp.gradient_check import finite_differences, rel_diff
 
 NAME = "backprop_cost"
 
@@ -75,7 +75,7 @@ def _best_time(fn, *args, repeats):
 
 
 def _fd_program(loss_flat, n_coords, method, eps, chunk):
-    """The finite-difference sweep of ``jbp.gradcheck.finite_differences``, built once so it
+    """The finite-difference sweep of ``jbp.gradient_check.finite_differences``, built once so it
     can be timed without its compilation (that function re-jits on every call)."""
 
     def run(flat, idx):
@@ -121,7 +121,7 @@ def measure(sizes, cfg):
 
         for method in ("forward", "central"):
             ticks[0] = 0
-            g_fd, reported = jbp.gradcheck.finite_differences(
+            g_fd, reported = finite_differences(
                 counted, flat, method=method, chunk=cfg.chunk
             )
             jax.effects_barrier()
