@@ -85,7 +85,9 @@ def _train(args, stop):
         _exit_peer_lost(e)
     import jax
 
-    from jbp import flags, recipe, run, train
+    from jbp import compile_cache, flags, recipe, run, train
+
+    compile_cache.enable(args.compile_cache)
 
     r = recipe.build(flags.run_config(args))
     out = run.Run(

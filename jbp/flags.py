@@ -134,6 +134,7 @@ def add_train_args(p):
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--backward", default="manual", choices=epoch.BACKWARDS)
     g.add_argument("--patience", type=count("--patience"), help="early stopping")
+    add_compile_cache_arg(g)
     g = p.add_argument_group("parallel (see jbp.parallel)")
     g.add_argument(
         "--devices",
@@ -167,6 +168,16 @@ def _add_optimizer_args(g):
             g.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
         else:
             g.add_argument(flag, help=argparse.SUPPRESS)
+
+
+def add_compile_cache_arg(g):
+    """``--compile-cache DIR|off`` (see :mod:`jbp.compile_cache`)."""
+    g.add_argument(
+        "--compile-cache",
+        metavar="DIR|off",
+        help="keep compiled programs in DIR for the next run (default: $JBP_COMPILATION_CACHE, "
+        "else the per-user cache folder, e.g. ~/.cache/jbp/jax); off: compile afresh",
+    )
 
 
 def _with_keys(name, keys):

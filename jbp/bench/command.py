@@ -10,8 +10,9 @@ library when it is built.
 
 import json
 
+from jbp import compile_cache
 from jbp.bench import report, runner, tta
-from jbp.flags import count
+from jbp.flags import add_compile_cache_arg, count
 
 _TTA_BASELINES = ("jax-scan", "torch")  # the contenders that report a test accuracy
 
@@ -35,6 +36,7 @@ def add_args(p):
     p.add_argument("--bf16", action="store_true", help="bfloat16 parameters, data and matmuls")
     p.add_argument("--time-to-accuracy", action="store_true", help="also time Fashion-MNIST runs")
     p.add_argument("--json", action="store_true", help="last line of stdout: the result as JSON")
+    add_compile_cache_arg(p)
     return p
 
 
@@ -58,6 +60,7 @@ def main(args):
     A bad ``--workloads`` or ``--contenders`` raises ``ValueError`` naming the flag.
     """
     workloads = _names(args.workloads, tuple(runner.WORKLOADS), "workloads")
+    compile_cache.enable(args.compile_cache)
     contenders = (
         runner.ALL_CONTENDERS
         if args.contenders is None
