@@ -240,7 +240,7 @@ def make_epoch_on_batches(
     g = step_grad or grad_fn(model, backward)
     total = (lambda v: v) if axis_name is None else (lambda v: jax.lax.psum(v, axis_name))  # noqa: E731
     stochastic = bool(getattr(model, "stochastic", False))
-    train_step = _train_step(model, optimizer, g, total, stochastic, grad_norms, on_steps)
+    train_step = _train_step(model, optimizer, g, stochastic, grad_norms, on_steps)
 
     def run(state, xb, yb, mb, x_test, y_test, source=None, masked=True):
         key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
@@ -253,7 +253,7 @@ def make_epoch_on_batches(
         (params, opt_state, mstate, bad_step, step), out = jax.lax.scan(step_fn, carry, xs)
         test_loss, test_accuracy = model.evaluate(params, mstate, x_test, y_test)
         metrics = {
-            "train_loss": jnp.sum(out[0]) / jnp.sum(out[1]),
+            "train_loss": total(jnp.sum(out[0])) / total(jnp.sum(out[1])),
             "test_loss": test_loss,
             "test_accuracy": test_accuracy,
             "lr": _lr_or_nan(opt_state),
@@ -272,11 +272,12 @@ def make_epoch_on_batches(
     return run
 
 
-def _train_step(model, optimizer, g, total, stochastic, grad_norms, on_steps):
+def _train_step(model, optimizer, g, stochastic, grad_norms, on_steps):
     """One optimizer step, the body of the epoch's ``lax.scan``.
 
     The carry is ``(params, opt_state, model_state, bad_step, step)``; each step emits the
-    masked loss sum and the real-row count (summed over devices by ``total``), and with
+    loss weighted by this device's real rows and that count (summed over devices by
+    ``total`` once per epoch), and with
     ``grad_norms`` the per-example norms' sum, sum of squares and maximum.
     """
 
@@ -292,7 +293,9 @@ def _train_step(model, optimizer, g, total, stochastic, grad_norms, on_steps):
         # divergence: remember the first bad step; the host then discards the whole epoch
         ok = step_finite(loss, grads)
         bad_step = jnp.where((bad_step < 0) & ~ok, step, bad_step)
-        n = total(jnp.sum(mb))
+        # this device's real rows: the epoch's sums go over the mesh once, at the end — the
+        # step's one collective is the gradient's (see jbp.parallel.sharded_grad)
+        n = jnp.sum(mb)
         out = (loss * n, n)
         if grad_norms:
             norm = _grad_norms(model, params, mstate, xb, yb, key)
@@ -310,7 +313,7 @@ def _train_step(model, optimizer, g, total, stochastic, grad_norms, on_steps):
 
 def _grad_norm_metrics(out, total, axis_name):
     """Mean, standard deviation and maximum of the epoch's per-example gradient norms."""
-    count, s1, s2 = jnp.sum(out[1]), total(jnp.sum(out[2])), total(jnp.sum(out[3]))
+    count, s1, s2 = total(jnp.sum(out[1])), total(jnp.sum(out[2])), total(jnp.sum(out[3]))
     mx = jnp.max(out[4]) if axis_name is None else jax.lax.pmax(jnp.max(out[4]), axis_name)
     mean = s1 / count
     return {

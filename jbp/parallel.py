@@ -86,31 +86,50 @@ def make_mesh(devices=None):
 
 
 # --------------------------------------------------------------- the step
-def sharded_grad(g, axis_name=AXIS):
+def sharded_grad(g, axis_name=AXIS, *, coupled=True, n_dev=None):
     """Turn a per-shard ``g(params, mstate, x, y, mask, key) -> (loss, grads, mstate)`` into the
-    global masked mean.
+    global masked mean, with **one** all-reduce per step for a model whose examples are
+    independent.
 
-    ``g`` is traced inside :func:`jbp.layers.batch_axis`, so the loss head divides by the
-    whole batch's count Σmask (a psum) and each device's loss and gradients are its *share*
-    of the global mean: one psum adds them up. (Weighting per-device means by their row
-    counts gives the same for layers that treat examples apart, but not for BatchNorm, whose
-    global statistics make every device's gradient depend on every device's rows.)
+    Independent examples (``coupled=False``): each device takes the mean over its own real
+    rows, ``L_d = Σᵢ maskᵢ·Cᵢ / n_d``, and the shares are weighted by their row counts in the
+    same all-reduce that adds them, ``L = Σ_d n_d·L_d / Σ_d n_d`` (likewise the gradients, which
+    are linear in the loss) — the count travels with the sums, so nothing is exchanged
+    before the backward. A device whose rows are all padding contributes 0.
+
+    Coupled examples (``coupled=True``, e.g. BatchNorm): ``g`` is traced inside
+    :func:`jbp.layers.batch_axis`, so the loss head divides by the whole batch's count Σmask (a
+    psum) and the layers' statistics are global; each device's loss and gradients are then its
+    *share* of the global mean, and one more psum adds them up. (Weighting per-device means does
+    not work here: global statistics make every device's gradient depend on every device's
+    rows.)
+
+    On a single device the shares are not weighted (the psum of one device is the identity):
+    the parameters are bit-for-bit the plain engine's.
 
     A model state (running statistics) is averaged over the devices, weighted by their real
     rows, so it stays replicated.
     """
 
+    weighted = not coupled and n_dev != 1
+
     def step_grad(params, mstate, xb, yb, mb, key):
         # Differentiate w.r.t. a per-device ("varying") copy: with autodiff, the gradient of a
         # replicated input inside shard_map would otherwise be summed over devices already.
         params = jax.lax.pcast(params, axis_name, to="varying")
-        with batch_axis(axis_name):
+        if coupled:
+            with batch_axis(axis_name):
+                loss, grads, mstate = g(params, mstate, xb, yb, mb, key)
+        else:
             loss, grads, mstate = g(params, mstate, xb, yb, mb, key)
         n = jnp.sum(mb)
-        floats = [t for t in jax.tree.leaves(mstate) if jnp.issubdtype(t.dtype, jnp.inexact)]
         weigh = lambda t: n.astype(t.dtype) * t  # noqa: E731
-        tot, loss, grads, ns = jax.lax.psum((n, loss, grads, [weigh(t) for t in floats]), axis_name)
+        floats = [t for t in jax.tree.leaves(mstate) if jnp.issubdtype(t.dtype, jnp.inexact)]
+        shares = jax.tree.map(weigh, (loss, grads)) if weighted else (loss, grads)
+        tot, (loss, grads), ns = psum_flat((n, shares, [weigh(t) for t in floats]), axis_name)
         inv = 1 / jnp.maximum(tot, 1)
+        if weighted:
+            loss, grads = jax.tree.map(lambda t: t * inv.astype(t.dtype), (loss, grads))
         averaged = iter([t * inv.astype(t.dtype) for t in ns])
         mstate = jax.tree.map(  # integer leaves (counters) agree on every device: take the max
             lambda t: (
@@ -123,6 +142,26 @@ def sharded_grad(g, axis_name=AXIS):
         return loss, grads, mstate
 
     return step_grad
+
+
+def psum_flat(tree, axis_name):
+    """``lax.psum`` of a pytree as **one** all-reduce per dtype: its leaves are raveled into
+    one buffer, summed, and cut back. (A psum of a tuple is a variadic all-reduce of one
+    operand per leaf; a runtime may send each operand as its own message — gloo over TCP
+    does — and every message is a round of latency.) Exact: the same sums, elementwise."""
+    leaves, treedef = jax.tree.flatten(tree)
+    groups = {}
+    for i, leaf in enumerate(leaves):
+        groups.setdefault(jnp.result_type(leaf), []).append(i)
+    out = list(leaves)
+    for idx in groups.values():
+        flat = jax.lax.psum(jnp.concatenate([jnp.ravel(leaves[i]) for i in idx]), axis_name)
+        offset = 0
+        for i in idx:
+            size = int(np.prod(jnp.shape(leaves[i])))
+            out[i] = flat[offset : offset + size].reshape(jnp.shape(leaves[i]))
+            offset += size
+    return jax.tree.unflatten(treedef, out)
 
 
 # ------------------------------------------------------------- the batches
@@ -170,38 +209,109 @@ def make_epoch_fn(
     A drop-in for the engine's epoch program (``jbp.fit(..., epoch_fn=...)``; ``fit`` builds
     it for ``devices=``): same shuffle, same batches, same metrics, same parameters up to
     floating-point summation order. The state comes back replicated over the mesh.
+
+    In one process the whole epoch stays on the devices, as in the plain engine: the data are
+    replicated once, and each device draws the epoch's permutation from the state's key and
+    gathers its own column of every batch inside the program — no host round trip per epoch.
+    With several processes each process gathers its share on the host (its devices cannot
+    see the others' copies) and hands it to ``jax.make_array_from_process_local_data``.
     """
     check_args(devices, parallel)
     mesh = make_mesh(devices)
+    run = engine.make_epoch_on_batches(
+        model,
+        optimizer,
+        step_grad=sharded_grad(
+            engine.grad_fn(model, backward),
+            coupled=bool(getattr(model, "batch_coupled", False)),
+            n_dev=mesh.devices.size,
+        ),
+        axis_name=AXIS,
+        grad_norms=grad_norms,
+    )
+    if jax.process_count() == 1:
+        epoch = _device_epoch(run, mesh, parallel, batch_size)
+    else:
+        epoch = _host_epoch(run, mesh, parallel, batch_size)
+    epoch.mesh = mesh
+    return epoch
+
+
+def _replicator(mesh):
+    """``place(tree)``: every array replicated over the mesh, each distinct input copied once
+    (the training set is the same object every epoch: it is transferred the first time only)."""
+    replicated = NamedSharding(mesh, P())
+    copies = {}
+
+    def one(a):
+        if isinstance(a, jax.Array) and a.sharding == replicated:
+            return a
+        if copies.get(id(a), (None,))[0] is not a:
+            copies[id(a)] = (a, jax.device_put(a, replicated))
+        return copies[id(a)][1]
+
+    return lambda tree: jax.tree.map(one, tree)
+
+
+def device_batches(key_data, n, batch_size, n_dev, dtype):
+    """This device's ``(idx, mask)`` of every batch, drawn on the device (inside the map).
+
+    The plain engine's order (the same permutation of the same key), each batch padded on
+    the right to ``N·c`` columns and cut into N blocks of c; device d takes block d.
+    """
+    nb, b, c = layout(n, batch_size, n_dev)
+    _, sub = jax.random.split(jax.random.wrap_key_data(key_data))
+    perm = jax.random.permutation(sub, n)
+    cols = jax.lax.axis_index(AXIS) * c + jnp.arange(c)
+    pos = jnp.arange(nb)[:, None] * b + cols[None, :]
+    real = (cols[None, :] < b) & (pos < n)
+    return jnp.where(real, perm[jnp.minimum(pos, n - 1)], 0), real.astype(dtype)
+
+
+def _device_epoch(run, mesh, parallel, batch_size):
+    """One process: shuffle and gather on the devices (see :func:`make_epoch_fn`)."""
+    n_dev = mesh.devices.size
+
+    def local(state, x, y, x_test, y_test):
+        mdt = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+        idx, mb = device_batches(state.key, x.shape[0], batch_size, n_dev, mdt)
+        return run(state, idx, None, mb, x_test, y_test, source=(x, y))
+
+    place = _replicator(mesh)
+    if parallel == "shard_map":
+        program = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P(), out_specs=P()))
+
+        def epoch(state, x, y, x_test, y_test):
+            return program(*place((state, x, y, x_test, y_test)))
+
+    else:  # pmap maps over at least one argument: the device numbers (unused inside)
+        ids = np.arange(n_dev)
+        program = jax.pmap(lambda _, *a: local(*a), axis_name=AXIS, out_axes=None,
+                           in_axes=(0, None, None, None, None, None),
+                           devices=list(mesh.devices.flat))  # fmt: skip
+
+        def epoch(state, x, y, x_test, y_test):
+            return program(ids, *place((state, x, y, x_test, y_test)))
+
+    epoch.program, epoch.place = program, place  # for inspection (the compiled HLO)
+    return epoch
+
+
+def _host_epoch(run, mesh, parallel, batch_size):
+    """Several processes: each gathers its own share of every batch on the host."""
     mesh_devices = list(mesh.devices.flat)
     n_dev = len(mesh_devices)
     mine = [i for i, d in enumerate(mesh_devices) if d.process_index == jax.process_index()]
     first, n_local = mine[0], len(mine)
-    run = engine.make_epoch_on_batches(
-        model,
-        optimizer,
-        step_grad=sharded_grad(engine.grad_fn(model, backward)),
-        axis_name=AXIS,
-        grad_norms=grad_norms,
-    )
-
-    replicated = NamedSharding(mesh, P())
     by_column = NamedSharding(mesh, P(None, AXIS))
     program = _mapped(run, mesh, parallel)
+    place = _replicator(mesh)
     cache = {}
 
     def host(a):  # one host copy of the training set per process, kept across epochs
         if cache.get(id(a), (None,))[0] is not a:
             cache[id(a)] = (a, np.asarray(a))
         return cache[id(a)][1]
-
-    def place(tree):  # replicate over the mesh (a no-op for what is already there)
-        def one(a):
-            if isinstance(a, jax.Array) and a.sharding == replicated:
-                return a
-            return jax.make_array_from_process_local_data(replicated, np.asarray(a))
-
-        return jax.tree.map(one, tree)
 
     def epoch(state, x, y, x_test, y_test):
         xh, yh = host(x), host(y)
@@ -224,7 +334,6 @@ def make_epoch_fn(
             args = (state, xb, yb, mb, x_test, y_test)
         return _collective(program, args)
 
-    epoch.mesh = mesh
     return epoch
 
 
