@@ -13,10 +13,13 @@ Reference: JAX docs, "Multi-process environments" (``jax.distributed.initialize`
 
 import ipaddress
 import os
+import signal
 import socket
+import threading
 import time
 
 import jax
+import numpy as np
 
 from jbp.util import integer
 
@@ -75,7 +78,7 @@ def setup(devices=None, coordinator=None, num_processes=None, process_id=None):
                 f"--num-processes N and --process-id I; got coordinator={coordinator!r}, "
                 f"num_processes={num_processes!r}, process_id={process_id!r}"
             )
-        _split_address(coordinator)
+        resolve_host(_split_address(coordinator)[0], coordinator)
         integer(
             "num_processes",
             num_processes,
@@ -114,6 +117,7 @@ def initialize(coordinator, num_processes, process_id, *, bind=None, heartbeat_t
     ``JBP_HEARTBEAT_TIMEOUT`` or 30) ends the others.
     """
     host, port = _split_address(coordinator)
+    resolve_host(host, coordinator)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if bind is None:
         bind = os.environ.get("JAX_COORDINATOR_BIND_ADDRESS")
@@ -129,6 +133,7 @@ def initialize(coordinator, num_processes, process_id, *, bind=None, heartbeat_t
         # JAX's client aborts the whole process (a C++ fatal error) when it cannot connect;
         # waiting for the port first turns the common case into one clear message.
         _wait_for_port(host.strip("[]"), port, init_timeout, process_id, num_processes)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         jax.distributed.initialize(
             coordinator_address=coordinator,
@@ -143,6 +148,41 @@ def initialize(coordinator, num_processes, process_id, *, bind=None, heartbeat_t
             f"process {process_id} of {num_processes} could not join the run at {coordinator}: "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from e
+    finally:
+        # JAX installs its preemption notifier for SIGTERM; jbp's own handler (stop after the
+        # epoch, every process at the same one, see agree_stop) must stay the one that runs.
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+
+
+def resolve_host(host, coordinator):
+    """Refuse, as bad input, a coordinator host name that does not resolve (before JAX's
+    client, which would crash the process on it)."""
+    try:
+        socket.getaddrinfo(host.strip("[]"), None)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ValueError(
+            f"coordinator {coordinator!r}: host {host!r} does not resolve ({e}); give "
+            f"HOST:PORT of process 0, e.g. 127.0.0.1:1234"
+        ) from None
+
+
+def agree_stop(signum):
+    """The stop request every process acts on, after an epoch: ``signum`` or a peer's.
+
+    A signal reaches one process (or some): each process brings the signal it received (0:
+    none) to one small all-gather, and all stop at this same epoch, each exiting as if it had
+    received the first signal any of them got. One process: ``signum`` itself.
+    """
+    if jax.process_count() == 1:
+        return signum
+    from jax.experimental import multihost_utils
+
+    got = multihost_utils.process_allgather(np.asarray([signum or 0], np.int32))
+    nonzero = [int(v) for v in np.ravel(got) if v]
+    return nonzero[0] if nonzero else None
 
 
 def _wait_for_port(host, port, timeout, process_id, num_processes):
