@@ -26,6 +26,10 @@ The guarantees, for :func:`save` / :func:`restore` and for :class:`CheckpointDir
   differs (checkpoint: count, lr, m, v; this run: count, lr, s): another optimizer`` or
   ``float64 vs float32: another --dtype``. When ``config=`` is given, the stored config must
   agree as well (``epochs`` excepted: resuming to a later target is the point).
+* **A failed save is one error.** A save that fails (disk full, permissions) raises an
+  ``OSError`` naming the checkpoint's directory and the system's reason (``No space left on
+  device``); orbax's echoes of it on its background threads are silenced. The previous
+  checkpoints are untouched; the partial one is orbax's temporary directory, never read.
 * **Never destructive.** Nothing here deletes a checkpoint it cannot read, and ``save`` never
   overwrites. A directory that cannot be read raises :class:`CheckpointCorrupt` with the path
   and orbax's reason. The one deletion is the rotation a run folder asks for: after a new
@@ -45,6 +49,7 @@ Reference: orbax-checkpoint, ``CheckpointManager`` and its atomicity contract
 (https://orbax.readthedocs.io/en/latest/guides/checkpoint/checkpointing_pytrees.html).
 """
 
+import errno as errno_mod
 import os
 import re
 from pathlib import Path
@@ -53,6 +58,7 @@ from typing import NamedTuple
 import jax
 
 from jbp.checkpoint_format import (  # noqa: F401 - the single-checkpoint API, re-exported
+    BEST,
     FORMAT,
     META,
     STATE,
@@ -64,11 +70,12 @@ from jbp.checkpoint_format import (  # noqa: F401 - the single-checkpoint API, r
     check_version,
     read_meta,
     restore,
+    restore_best,
     save,
     save_args,
     state_sha256,
 )
-from jbp.orbax_quiet import ocp_module, quiet, short_reason
+from jbp.orbax_quiet import ocp_module, quiet, short_reason, silence_failed_save_aftermath
 from jbp.util import integer
 
 CHECKPOINTS = "checkpoints"
@@ -123,11 +130,13 @@ class CheckpointDir:
         """The directory of checkpoint ``step``, checked to lie inside the run folder."""
         return self._inside(CHECKPOINTS, str(int(step)))
 
-    def save(self, state, *, config=None):
-        """Save ``state`` as checkpoint ``int(state.epoch)``; synchronous and atomic."""
+    def save(self, state, *, config=None, best=None):
+        """Save ``state`` (and early stopping's ``best``) as checkpoint ``int(state.epoch)``;
+        synchronous and atomic. A failure raises ``OSError`` naming the checkpoint's path."""
         step = int(state.epoch)
-        self.path(step)  # refuse a step name that a link would send elsewhere
-        args = save_args(state, config)
+        path = self.path(step)  # refuse a step name that a link would send elsewhere
+        args = save_args(state, config, best)
+        silence_failed_save_aftermath()
         try:
             with quiet():
                 if self._manager is None:
@@ -135,10 +144,8 @@ class CheckpointDir:
                 self._manager.save(step, args=args, force=True)
                 self._manager.wait_until_finished()
         except Exception as e:
-            raise CheckpointError(
-                f"could not save checkpoint {step} in {self.directory}: {short_reason(e)}"
-            ) from e
-        return self.path(step)
+            raise save_failure(path, e) from e
+        return path
 
     def _open(self):
         ocp = ocp_module()
@@ -157,6 +164,7 @@ class CheckpointDir:
             options=options,
             item_handlers={
                 STATE: ocp.StandardCheckpointHandler(),
+                BEST: ocp.StandardCheckpointHandler(),
                 META: ocp.JsonCheckpointHandler(),
             },
         )
@@ -207,3 +215,25 @@ class CheckpointDir:
             with quiet():
                 self._manager.close()
             self._manager = None
+
+
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+def save_failure(path, err):
+    """The ``OSError`` for a save to ``path`` that failed with ``err`` (orbax and tensorstore
+    wrap the system's error in text: its errno is recovered, so the reason reads ``No space
+    left on device``, not a page of tensorstore detail)."""
+    code = None
+    for e in (err, err.__cause__, err.__context__):
+        if isinstance(e, OSError) and e.errno:
+            code = e.errno
+            break
+    if code is None:
+        m = _OS_ERROR_CODE.search(str(err))
+        code = int(m.group(1)) if m else None
+    if code in errno_mod.errorcode:
+        reason = os.strerror(code)
+    else:
+        code, reason = errno_mod.EIO, short_reason(err)
+    return OSError(code, f"could not save the checkpoint: {reason}", str(path))

@@ -3,8 +3,11 @@
 The format (version :data:`VERSION`) is one orbax directory with two items: ``state/``, the
 TrainState pytree in orbax's StandardSave (every leaf's exact bytes, shape and dtype), and
 ``meta/``, a JSON object with ``format``, ``version``, ``epoch``, ``step``, ``state_sha256``
-and the run's ``config``. :func:`restore` reads versions 1 … :data:`VERSION` and refuses
-another with :class:`CheckpointVersion`, saying whether jbp or the checkpoint is the newer.
+and the run's ``config``. A run with early stopping adds a third, ``best/`` (the best epoch's
+``params`` and ``model_state``), and ``meta["best"]`` (its ``loss``, ``epoch`` and
+``sha256``): :func:`restore_best` reads them back. :func:`restore` reads versions 1 …
+:data:`VERSION` and refuses another with :class:`CheckpointVersion`, saying whether jbp or
+the checkpoint is the newer.
 The guarantees (atomic, exact, checked against the run, never destructive, independent of
 the device layout) are described in :mod:`jbp.checkpoint`, which re-exports these names.
 """
@@ -23,8 +26,11 @@ from jbp.util import tree_sha256
 FORMAT = "jbp-checkpoint"
 #: the format written; restore reads 1 … VERSION. Version 1: items state and meta; the state
 #: is a TrainState (checkpoints from before models had state lack model_state: still read).
+#: The optional item best (early stopping's best-so-far) kept the version at 1: it is only
+#: added, a jbp that ignores it restores the state exactly as before, and a checkpoint
+#: without it reads as one from a run without early stopping.
 VERSION = 1
-STATE, META = "state", "meta"
+STATE, META, BEST = "state", "meta", "best"
 
 
 class CheckpointError(ValueError):
@@ -57,8 +63,9 @@ def _host(x):
     return np.asarray(x)
 
 
-def save_args(state, config):
-    """orbax's save arguments: the host copy of ``state`` and its ``meta`` record."""
+def save_args(state, config, best=None):
+    """orbax's save arguments: the host copy of ``state``, its ``meta`` record and, given
+    ``best`` (a :class:`jbp.stopping.Best`), early stopping's best-so-far."""
     ocp = ocp_module()
     state = jax.tree.map(_host, state)
     meta = {
@@ -69,12 +76,16 @@ def save_args(state, config):
         "state_sha256": state_sha256(state),
         "config": compat.jsonable(config or {}),
     }
-    return ocp.args.Composite(
-        **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
-    )
+    items = {STATE: ocp.args.StandardSave(state)}
+    if best is not None:
+        tree = jax.tree.map(_host, {"params": best.params, "model_state": best.model_state})
+        meta["best"] = {"loss": float(best.loss), "epoch": int(best.epoch),
+                        "sha256": state_sha256(tree)}  # fmt: skip
+        items[BEST] = ocp.args.StandardSave(tree)
+    return ocp.args.Composite(**items, **{META: ocp.args.JsonSave(meta)})
 
 
-def save(path, state, *, config=None):
+def save(path, state, *, config=None, best=None):
     """Write ``state`` (a TrainState or any pytree of arrays) as a checkpoint at ``path``.
 
     The save is atomic (written to a temporary directory, renamed when complete) and
@@ -85,6 +96,8 @@ def save(path, state, *, config=None):
       state: the pytree to save, e.g. the ``state`` returned by ``jbp.fit``.
       config: an optional JSON-serialisable dict describing the run; ``restore(...,
         config=)`` then refuses a checkpoint written with another config.
+      best: early stopping's best-so-far (:class:`jbp.stopping.Best`), read back by
+        :func:`restore_best`.
 
     Returns:
       The checkpoint's absolute ``Path``.
@@ -95,7 +108,7 @@ def save(path, state, *, config=None):
             f"checkpoint path {path} already exists: refusing to overwrite it (choose a new path)"
         )
     ocp = ocp_module()
-    args = save_args(state, config)
+    args = save_args(state, config, best)
     try:
         with quiet(), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             ckptr.save(path, args=args)
@@ -195,8 +208,8 @@ def _unreadable_as_corrupt(path, read):
         ) from None
 
 
-def _tree_meta(handler, path):
-    tree_meta = handler.metadata(path / STATE)
+def _tree_meta(handler, path, item=STATE):
+    tree_meta = handler.metadata(path / item)
     return tree_meta.tree if hasattr(tree_meta, "tree") else tree_meta
 
 
@@ -242,3 +255,43 @@ def _is_legacy(tree_meta, like):
         and hasattr(like, "model_state")
         and not jax.tree.leaves(like.model_state)
     )
+
+
+def restore_best(path, like):
+    """Early stopping's best-so-far saved with the checkpoint at ``path``, exactly.
+
+    Args:
+      path: a checkpoint directory.
+      like: the run's state (``like.params`` and ``like.model_state`` give the structure).
+
+    Returns:
+      a :class:`jbp.stopping.Best`, or ``None`` if the checkpoint has none (saved without
+      early stopping, or by a jbp from before it was kept).
+
+    Raises:
+      CheckpointCorrupt: the item cannot be read, or its bytes differ from those saved.
+      CheckpointMismatch: its arrays do not fit ``like``.
+    """
+    from jbp.stopping import Best
+
+    path = Path(path).absolute()
+    record = read_meta(path).get("best")
+    if not isinstance(record, dict) or not (path / BEST).is_dir():
+        return None
+    target = {"params": like.params, "model_state": like.model_state}
+    silence_failed_read_aftermath()
+    handler = ocp_module().StandardCheckpointHandler()
+    try:
+        tree_meta = _unreadable_as_corrupt(path, lambda: _tree_meta(handler, path, BEST))
+        diffs = compat.state_differences(compat.leaf_table(tree_meta), compat.leaf_table(target))
+        if diffs:
+            raise CheckpointMismatch(
+                f"checkpoint {path}: its best-so-far does not fit this run: {'; '.join(diffs[:6])}"
+            )
+        args = ocp_module().args.StandardRestore(target)
+        tree = _unreadable_as_corrupt(path, lambda: handler.restore(path / BEST, args=args))
+    finally:
+        handler.close()
+    if state_sha256(tree) != record.get("sha256"):
+        raise CheckpointCorrupt(f"checkpoint {path} is corrupt: {BEST}/ does not hash as saved")
+    return Best(float(record["loss"]), int(record["epoch"]), tree["params"], tree["model_state"])

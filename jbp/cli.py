@@ -1,19 +1,33 @@
 """The ``jbp`` command line: ``jbp train``, ``jbp gradcheck``, ``jbp check``, ``jbp bench``.
 
-Exit status: 0 success; 1 a gradient check failed; 2 bad input (one line on standard error,
-no traceback, nothing already saved is touched); 3 training diverged; 130 / 143 stopped by
-SIGINT / SIGTERM after a completed epoch, saved to ``--out`` (continue with ``--resume``).
+Exit status (every failure is one line on standard error, never a traceback):
+
+* 0 success; 1 a gradient check failed;
+* 2 bad input, found before any work: a bad flag or out-of-range value, missing or bad data
+  (NaN in it included), a corrupt or mismatched checkpoint, a model too large for memory, an
+  ``--out`` that cannot be used (a file, under a file, not writable: ``jbp train: <path>:
+  <reason>``) or is in use by another live run (its PID named); nothing already saved is
+  touched. Also an out-of-memory error from XLA that the up-front estimate (a floor) let by;
+* 3 training diverged (non-finite, or the loss above ``--divergence-threshold`` × its initial
+  value): the last good epoch is saved to ``--out`` and the plots written;
+* 4 a lost peer in a multi-process run;
+* 74 (``EX_IOERR``) an I/O failure during the work — a checkpoint, ``metrics.jsonl`` or bench
+  output that cannot be written (disk full …): ``jbp <command>: <path>: <reason>``, and which
+  checkpoint is the latest saved (continue with ``--resume`` once fixed). A plot that cannot
+  be written is a warning only: the result and ``--json`` line still come, exit 0;
+* 130 / 143 stopped by SIGINT / SIGTERM after a completed epoch, saved to ``--out``
+  (continue with ``--resume``).
 """
 
-import json
 import os
 import signal
 import sys
 
-from jbp.flags import EXIT_BAD_INPUT, Parser, UsageError, add_train_args, count
+from jbp.flags import EXIT_BAD_INPUT, Parser, UsageError, add_train_args, count, seed
+from jbp.train_command import EXIT_DIVERGED  # noqa: F401 - the statuses, all named here
 
-EXIT_DIVERGED = 3
 EXIT_PEER_LOST = 4  # multi-process: another process died or was stopped
+EXIT_IO = 74  # sysexits.h EX_IOERR: a file could not be written during the work
 
 
 def build_parser():
@@ -30,7 +44,14 @@ def build_parser():
     g.add_argument("--cost", default="cross_entropy")
     g.add_argument("--batch", type=count("--batch"), default=8)
     g.add_argument("--method", default="central", choices=("central", "forward"))
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--coordinates",
+        type=count("--coordinates"),
+        metavar="N",
+        help="finite differences on N random coordinates only (a big network: the report "
+        "says it is a subset); default: every parameter",
+    )
+    g.add_argument("--seed", type=seed(), default=0)
     g.add_argument("--json", action="store_true")
     c = sub.add_parser(
         "check",
@@ -44,7 +65,7 @@ def build_parser():
         "--in-shape", help="one example's input shape, e.g. 28,28,1 (needed for a layer)"
     )
     c.add_argument("--batch", type=count("--batch"), default=4)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=seed(), default=0)
     c.add_argument("--json", action="store_true", help="last line of stdout: the report as JSON")
     b = sub.add_parser("bench", help="throughput side by side with the baselines (jbp.bench)")
     from jbp.bench import add_args as add_bench_args  # no torch or flax: they load lazily
@@ -54,20 +75,6 @@ def build_parser():
 
 
 # ------------------------------------------------------------------------- train
-def _epoch_line(rec, epochs):
-    lr = "-" if rec["lr"] is None else f"{rec['lr']:.3e}"
-    return (
-        f"epoch {rec['epoch']:>4}/{epochs}  train_loss {rec['train_loss']:.4f}  "
-        f"test_loss {rec['test_loss']:.4f}  test_accuracy {rec['test_accuracy']:.4f}  "
-        f"lr {lr}  {_seconds(rec['seconds'])}"
-    )
-
-
-def _seconds(s):
-    """``0.42s``, or ``3.1ms`` for an epoch faster than a tenth of a second."""
-    return f"{s * 1e3:.1f}ms" if s < 0.1 else f"{s:.2f}s"
-
-
 def cmd_train(args):
     # SIGINT/SIGTERM only set a flag from here to the end: a second one cannot cut the final
     # save, plots or JSON line short.
@@ -76,8 +83,14 @@ def cmd_train(args):
 
 
 def _train(args, stop):
-    from jbp import distributed
+    from jbp import distributed, flags, recipe, rundir
 
+    # Everything that can be checked is checked first, by every process, before the processes
+    # connect: bad input then ends each process at once (exit 2), never a peer left waiting.
+    cfg = flags.run_config(args)
+    if args.out:
+        rundir.check_usable(args.out)
+    data = recipe.load_data(cfg)
     # Devices and the multi-process runtime must be set before anything else touches JAX.
     try:
         distributed.setup(args.devices, args.coordinator, args.num_processes, args.process_id)
@@ -85,107 +98,30 @@ def _train(args, stop):
         _exit_peer_lost(e)
     import jax
 
-    from jbp import compile_cache, flags, recipe, run, train
+    from jbp import compile_cache, run, train_command
 
     compile_cache.enable(args.compile_cache)
 
-    r = recipe.build(flags.run_config(args))
+    r = recipe.build(cfg, data=data)
     out = run.Run(
         args.out,
         resume=args.resume,
         keep=args.keep,
         checkpoint_every=args.checkpoint_every,
         writer=distributed.is_writer(),
-    )
-    state0 = out.start(r, jax.random.key(args.seed))
-    if not args.quiet and not args.json:
-        print(f"jbp train: {_describe(args, r)}", flush=True)
-
-    def callback(state, rec):
-        out.after_epoch(state, rec)
-        if not args.quiet:
-            from tqdm.auto import tqdm
-
-            tqdm.write(_epoch_line(rec, r.epochs), file=sys.stdout)  # above any progress bar
-            sys.stdout.flush()
-        return stop.signum is not None
-
+    )  # holds the folder's lock until out.close()
     try:
-        c = r.config
-        state, history = train.fit(
-            r.model, r.optimizer, r.data, batch_size=r.batch_size, epochs=r.epochs,
-            key=jax.random.key(c.seed), state=state0, backward=c.backward, dtype=r.dtype,
-            patience=c.patience, callback=callback, progress=sys.stderr.isatty(),
-            devices=c.devices, parallel=c.parallel,
-        )  # fmt: skip
-        out.finish()
-    except train.DivergenceError as e:
-        print(f"jbp train: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
+        return train_command.run(args, r, out, stop, jax.random.key(args.seed))
     except distributed.PeerError as e:
         _exit_peer_lost(e)
     finally:
         out.close()
-    out.plot()
-    return _report(args, r, state, history, out, stop)
 
 
 def _exit_peer_lost(e):
     print(f"jbp train: {e}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(EXIT_PEER_LOST)  # skip JAX's exit barrier, which would wait for the dead peer
-
-
-def _report(args, r, state, history, out, stop):
-    """The final line (accuracy, or the JSON record), and where a stopped run stands."""
-    from jbp import train
-
-    final = dict(history[-1]) if history else {}
-    if not history and out.records():
-        final = dict(out.records()[-1])  # resumed at or past --epochs: report where it is
-    final.update(
-        epoch=int(state.epoch),
-        step=int(state.step),
-        seconds=sum(rec["seconds"] for rec in history),
-        params_sha256=train.params_sha256(state.params),
-    )
-    if history and history[-1].get("early_stopped"):
-        loss, acc = r.model.evaluate(state.params, state.model_state, *_test(r.data, r.dtype))
-        final["test_loss"], final["test_accuracy"] = float(loss), float(acc)
-    interrupted = stop.signum is not None and int(state.epoch) < r.epochs
-    if interrupted:
-        final["interrupted"] = signal.Signals(stop.signum).name
-        _report_stop(args, stop.signum, state, r.epochs, out)
-    if not args.json:
-        print(f"test accuracy {final.get('test_accuracy', float('nan')):.4f}")
-    else:
-        print(json.dumps(final))
-    return 128 + stop.signum if interrupted else 0
-
-
-def _test(ds, dtype):
-    import jax.numpy as jnp
-    import numpy as np
-
-    x = ds.x_test if not np.issubdtype(ds.x_test.dtype, np.floating) else ds.x_test.astype(dtype)
-    return jnp.asarray(x), jnp.asarray(ds.y_test)
-
-
-def _describe(args, r):
-    """``digits (1437 train / 360 test), sizes (64, 30, 10), adam, batch 64, …``."""
-    from jbp import options
-
-    c, ds = r.config, r.data
-    model = f"sizes {r.model.sizes}" if c.is_mlp else f"model {c.model}"
-    n = getattr(r.model, "n_params", None)
-    if not c.is_mlp and n:
-        model += f" ({n:,} parameters)"
-    batch = "full" if r.batch_size is None else r.batch_size
-    return (
-        f"{c.data} ({ds.x_train.shape[0]} train / {ds.x_test.shape[0]} test), {model}, "
-        f"{options.format_spec(c.optimizer, dict(c.optimizer_options))}, batch {batch}, "
-        f"{r.epochs} epochs, {c.backward} backward"
-    )
 
 
 class _SignalStop:
@@ -225,38 +161,6 @@ class _SignalStop:
         self._previous.clear()
 
 
-def _resume_command(args):
-    import shlex
-    import shutil
-
-    argv = [a for a in args.argv if a != "--resume"] + ["--resume"]
-    script = os.environ.get("JBP_TRAIN_SCRIPT")  # set by scripts/train: resume the same way
-    if script and argv and argv[0] == "train":
-        return f"{shlex.quote(script)} {shlex.join(argv[1:])}"
-    prog = sys.argv[0] if sys.argv else ""
-    if os.path.basename(prog) == "__main__.py":  # python -m jbp
-        prog = f"{shlex.quote(sys.executable)} -m jbp"
-    elif os.path.basename(prog) == "jbp" and not _same_file(shutil.which("jbp"), prog):
-        prog = shlex.quote(prog)  # not the jbp on PATH (e.g. .venv/bin/jbp): spell it out
-    else:
-        prog = "jbp"
-    return f"{prog} {shlex.join(argv)}"
-
-
-def _same_file(a, b):
-    return a is not None and os.path.realpath(a) == os.path.realpath(b)
-
-
-def _report_stop(args, signum, state, epochs, out):
-    """Say where training stopped and the exact command that continues it."""
-    name, epoch = signal.Signals(signum).name, int(state.epoch)
-    path = out.checkpoint_path(epoch)
-    where = f"saved {path}" if path is not None else "nothing saved (no --out)"
-    print(f"jbp train: stopped by {name} after epoch {epoch} of {epochs}; {where}", file=sys.stderr)
-    if path is not None:
-        print(f"jbp train: resume with: {_resume_command(args)}", file=sys.stderr)
-
-
 def cmd_gradcheck(args):
     from jbp import gradient_check
 
@@ -266,7 +170,25 @@ def cmd_gradcheck(args):
 def cmd_check(args):
     from jbp import check
 
+    _check_input_size(args.in_shape, args.batch)
     return check.run_cli(args.target, args.in_shape, args.batch, args.seed, args.json)
+
+
+def _check_input_size(in_shape, batch):
+    """``--in-shape`` × ``--batch`` in float64, with the copies a check makes (inputs,
+    cotangents, gradients, finite-difference steps): refused up front if it cannot fit."""
+    import math
+
+    from jbp import memory
+    from jbp.check_targets import parse_shape
+
+    shape = parse_shape(in_shape)
+    if shape is None:
+        return
+    shapes = shape if shape and isinstance(shape[0], tuple) else (shape,)
+    values = batch * sum(math.prod(s) for s in shapes)
+    memory.check_bytes(8 * 8 * values, f"--in-shape {in_shape} with --batch {batch}: the "
+                       f"inputs and their gradients", advice="use a smaller --in-shape or --batch")  # fmt: skip
 
 
 def cmd_bench(args):
@@ -288,22 +210,60 @@ def _one_line(message):
     return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
+def _one_line_warnings(prog):
+    """jbp's own warnings (e.g. labels that skip classes) as ``jbp train: warning: …``."""
+    import warnings
+
+    from jbp.data_checks import DataWarning
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):
+            print(_one_line(f"{prog}: warning: {message}"), file=sys.stderr, flush=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    return previous
+
+
 def main(argv=None):
     """Entry point of the ``jbp`` console script; returns the exit status."""
+    import warnings
+
+    from jbp.util import PathError, os_message
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = f"jbp {argv[0]}" if argv and argv[0] in COMMANDS else "jbp"
+    previous = _one_line_warnings(prog)
     try:
         args = build_parser().parse_args(argv)
-        args.argv = list(sys.argv[1:] if argv is None else argv)  # to print the resume command
+        args.argv = argv  # to print the resume command
         return COMMANDS[args.command](args)
     except UsageError as e:
         print(_one_line(e if str(e).startswith("jbp") else f"error: {e}"), file=sys.stderr)
         return EXIT_BAD_INPUT
+    except PathError as e:  # --out a file, not writable, in use: before any work
+        print(_one_line(f"{prog}: {e}"), file=sys.stderr)
+        return EXIT_BAD_INPUT
     except ValueError as e:  # DataError, bad hyperparameters, shapes: all say what was wrong
         print(_one_line(f"jbp: error: {e}"), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # a checkpoint, metrics or bench output that cannot be written
+        print(_one_line(f"{prog}: {os_message(e)}"), file=sys.stderr)
+        return EXIT_IO
+    except RuntimeError as e:  # XLA out of memory past the up-front estimate (a floor)
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(_one_line(f"{prog}: out of memory: {str(e).splitlines()[0][:300]}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("jbp: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

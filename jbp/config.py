@@ -20,7 +20,8 @@ keyword arguments); their accepted keys and defaults are the functions' own, see
 
 import dataclasses
 
-from jbp.util import choice, integer, real
+from jbp.stopping import DIVERGENCE_THRESHOLD, check_threshold
+from jbp.util import INT32_MAX, SEED_MAX, choice, integer, real
 
 DTYPES = ("float32", "float64")
 MODEL_KINDS = ("mlp", "cnn")  # or "module:function"
@@ -47,19 +48,24 @@ class RunConfig:
     seed: int = 0  # jax.random.key(seed): initial parameters, shuffling, dropout
     backward: str = "manual"  # manual (hand-written BP1–BP4) | autodiff (jax.vjp)
     patience: int | None = None  # early stopping after this many epochs without improvement
+    # stop (DivergenceError) when an epoch's train loss exceeds this × the initial loss;
+    # 1000 by default (see jbp.stopping.DIVERGENCE_THRESHOLD); None: off (non-finite still stops)
+    divergence_threshold: float | None = DIVERGENCE_THRESHOLD
     devices: int | None = None  # split every mini-batch over N devices; None: one, plain engine
     parallel: str = "shard_map"  # how, with devices: shard_map | pmap
 
     def __post_init__(self):
         choice("dtype", self.dtype, DTYPES)
-        integer("seed", self.seed, minimum=0)
-        for name in ("epochs", "patience", "devices"):
+        integer("seed", self.seed, minimum=0, maximum=SEED_MAX)  # jax.random.key: 32 bits
+        for name in ("epochs", "patience", "devices"):  # int32 counters
             if getattr(self, name) is not None:
-                integer(name, getattr(self, name))
+                integer(name, getattr(self, name), maximum=INT32_MAX)
+        check_threshold(self.divergence_threshold)
         if self.lr is not None:
             real("lr", self.lr, low=0, low_open=True)
         if self.batch_size is not None and self.batch_size != "full":
-            integer("batch_size", self.batch_size, message=_BATCH_MESSAGE.format(self.batch_size))
+            integer("batch_size", self.batch_size, maximum=INT32_MAX,
+                    message=_BATCH_MESSAGE.format(self.batch_size))  # fmt: skip
         for name in ("optimizer_options", "schedule_options"):
             pairs = getattr(self, name)
             if isinstance(pairs, dict):  # accept a dict, keep a hashable tuple
@@ -75,7 +81,11 @@ class RunConfig:
         return self.model == "mlp"
 
 
-_BATCH_MESSAGE = "batch_size must be a positive integer or 'full', got {!r}"
+_BATCH_MESSAGE = (
+    "batch_size must be a positive integer or 'full', got {!r} (accepted: 1 … "
+    + str(INT32_MAX)
+    + ", or 'full')"
+)
 
 
 @dataclasses.dataclass(frozen=True)

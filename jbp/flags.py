@@ -9,79 +9,27 @@ itself. An optimizer or schedule takes its options in one spec (see :mod:`jbp.op
 checked against the function's own parameters: an unknown key exits 2 naming the accepted
 ones. The older one-option flags (``--beta1``, ``--factor``, ``--every`` …) still work for
 this release, as aliases that add to the spec.
+
+Every numeric flag is range-checked as it is parsed, and the message names the accepted range
+(``--seed must be an integer in 0 … 4294967295 …``); the types are in :mod:`jbp.flag_types`.
 """
 
 import argparse
 import dataclasses
-import math
 
 from jbp import config, options
-
-EXIT_BAD_INPUT = 2
-
-
-class UsageError(ValueError):
-    """A bad command-line value: reported as one line and exit status 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with errors raised as :class:`UsageError` (one line, exit 2) instead of exit."""
-
-    def error(self, message):
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def number(name, *, positive=False):
-    """An argparse ``type``: a finite float (``> 0`` if ``positive``), naming the flag."""
-
-    def parse(text):
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if positive and (not math.isfinite(v) or v <= 0):
-            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
-        if not math.isfinite(v):
-            raise argparse.ArgumentTypeError(f"{name} must be finite, got {text!r}")
-        return v
-
-    return parse
-
-
-def count(name):
-    """An argparse ``type``: a positive integer, naming the flag."""
-
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            v = 0
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}")
-        return v
-
-    return parse
-
-
-def int_list(name, text, allow_auto=False):
-    """``"64,_,10"`` → ``[64, None, 10]`` (``_`` only with ``allow_auto``)."""
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if allow_auto and part in ("", "_", "auto"):
-            out.append(None)
-            continue
-        try:
-            v = int(part)
-        except ValueError:
-            raise UsageError(
-                f"{name} must be comma-separated positive integers, got {text!r}"
-            ) from None
-        if v < 1:
-            raise UsageError(f"{name} must be positive integers, got {text!r}")
-        out.append(v)
-    return out
-
+from jbp.flag_types import (  # noqa: F401 - re-exported: the flags' types and errors
+    EXIT_BAD_INPUT,
+    Parser,
+    UsageError,
+    count,
+    divergence_threshold,
+    index,
+    int_list,
+    number,
+    seed,
+)
+from jbp.util import INT32_MAX
 
 #: the one-option flags of earlier releases: flag dest -> (optimizer|schedule, option key)
 ALIASES = {
@@ -131,9 +79,16 @@ def add_train_args(p):
     g = p.add_argument_group("training")
     g.add_argument("--batch-size", help="N, or full for batch gradient descent (1 = SGD)")
     g.add_argument("--epochs", type=count("--epochs"), help="train up to this epoch")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=seed(), default=0, help="0 … 2**32-1")
     g.add_argument("--backward", default="manual", choices=epoch.BACKWARDS)
     g.add_argument("--patience", type=count("--patience"), help="early stopping")
+    g.add_argument(
+        "--divergence-threshold",
+        type=divergence_threshold,
+        metavar="X|off",
+        help="stop (exit 3) when an epoch's train loss exceeds X × the initial loss "
+        f"(default {config.RunConfig.divergence_threshold:g}); off: only non-finite values stop",
+    )
     add_compile_cache_arg(g)
     g = p.add_argument_group("parallel (see jbp.parallel)")
     g.add_argument(
@@ -144,7 +99,11 @@ def add_train_args(p):
     g.add_argument("--parallel", default="shard_map", choices=parallel.MODES)
     g.add_argument("--coordinator", help="HOST:PORT of process 0, for multi-process training")
     g.add_argument("--num-processes", type=count("--num-processes"))
-    g.add_argument("--process-id", type=int, help="this process's rank, 0 … N-1")
+    g.add_argument(
+        "--process-id",
+        type=index("--process-id", 0, INT32_MAX),
+        help="this process's rank, 0 … N-1",
+    )
     _add_output_args(p.add_argument_group("output"))
 
 
@@ -245,9 +204,17 @@ def run_config(args) -> config.RunConfig:
         seed=args.seed,
         backward=args.backward,
         patience=args.patience,
+        divergence_threshold=_threshold(args.divergence_threshold),
         devices=args.devices,
         parallel=args.parallel,
     )
+
+
+def _threshold(value):
+    """The flag's value in the config: not given → the default, ``"off"`` → ``None``."""
+    if value is None:
+        return config.RunConfig.divergence_threshold
+    return None if value == "off" else value
 
 
 def _spec(args, kind):
@@ -300,8 +267,11 @@ def _batch_size(text):
         v = int(text)
     except ValueError:
         v = 0
-    if v < 1:
-        raise UsageError(f"--batch-size must be a positive integer or 'full', got {text!r}")
+    if not 1 <= v <= INT32_MAX:
+        raise UsageError(
+            f"--batch-size must be a positive integer or 'full', got {text!r} (accepted: 1 … "
+            f"{INT32_MAX}, or full)"
+        )
     return v
 
 
@@ -312,6 +282,9 @@ def to_argv(c: config.RunConfig) -> list:
     argv = []
     for f in dataclasses.fields(c):
         v = getattr(c, f.name)
+        if f.name == "divergence_threshold" and v is None and v != default.divergence_threshold:
+            argv += ["--divergence-threshold", "off"]
+            continue
         if f.name.endswith("_options") or v == getattr(default, f.name) or v is None:
             continue
         if f.name in ("optimizer", "schedule"):

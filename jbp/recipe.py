@@ -5,6 +5,11 @@ inferred from the data; ``cnn``: :func:`jbp.models.cnn`; ``module:function``: a 
 and the optimizer with its learning-rate schedule (epoch-aware: it needs the number of steps
 per epoch, hence the data first). ``jbp train``, ``jbp bench`` and scripts all build runs here,
 so a recipe means the same thing everywhere. A bad value raises ``ValueError`` naming it.
+
+Before anything is allocated, ``build`` also refuses data holding NaN or ±inf
+(:func:`jbp.data_checks.check_finite`, a ``DataError`` naming the split) and a model whose
+parameters and optimizer state cannot fit in memory (:func:`jbp.memory.check_fits`, with
+the estimate).
 """
 
 import inspect
@@ -24,19 +29,33 @@ class Recipe(NamedTuple):
     config: config_mod.RunConfig  # resolved: every preset value filled in
 
 
-def build(config: config_mod.RunConfig) -> Recipe:
-    """The model, optimizer, data, batch size, epochs and dtype of the run ``config``."""
+def load_data(config: config_mod.RunConfig):
+    """The run's data set, checked (finite values, named split); NumPy only, so it can run
+    before JAX's devices and processes are set up (``build(config, data=…)`` then uses it)."""
+    from jbp import data as data_mod
+    from jbp import data_checks
+
+    ds = data_mod.load(config_mod.resolve(config).data)
+    data_checks.check_finite("train", ds.x_train, ds.y_train)
+    data_checks.check_finite("test", ds.x_test, ds.y_test)
+    return ds
+
+
+def build(config: config_mod.RunConfig, *, data=None) -> Recipe:
+    """The model, optimizer, data, batch size, epochs and dtype of the run ``config``.
+
+    ``data``: the data set :func:`load_data` returned for ``config`` (loaded here if None).
+    """
     import jax
     import jax.numpy as jnp
 
-    from jbp import data as data_mod
-    from jbp import optim, schedules
+    from jbp import memory, optim, schedules
 
     c = config_mod.resolve(config)
     if c.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     dtype = jnp.float64 if c.dtype == "float64" else jnp.float32
-    ds = data_mod.load(c.data)
+    ds = load_data(c) if data is None else data
     model, ds = _mlp(c, ds) if c.is_mlp else _model(c, ds)
     n = ds.x_train.shape[0]
     batch_size = None if c.batch_size == "full" else int(c.batch_size)
@@ -46,6 +65,7 @@ def build(config: config_mod.RunConfig) -> Recipe:
     )
     lr = c.lr if schedules.options(c.schedule) == () else sched  # constant: a plain float
     optimizer = optim.get(c.optimizer, lr, **_kwargs(c.optimizer_options))
+    memory.check_fits(model, optimizer, dtype)
     return Recipe(model, optimizer, ds, batch_size, c.epochs, dtype, c)
 
 

@@ -2,10 +2,13 @@
 
 :class:`Run` is what ``jbp train --out DIR [--resume]`` does around :func:`jbp.fit`::
 
-    run = Run(out, resume=True, keep=3, checkpoint_every=1)
+    run = Run(out, resume=True, keep=3, checkpoint_every=1)   # locks the folder
     state0 = run.start(recipe, key)          # None: a fresh run; else the restored state
-    fit(..., state=state0, callback=lambda s, r: run.after_epoch(s, r) or stop_requested)
-    run.finish()                             # the last state saved, the plots written
+    fit(..., state=state0, early_stopping=run.early_stopping(patience),
+        callback=lambda s, r: run.after_epoch(s, r) or stop_requested)
+    run.finish()                             # the last state saved
+    run.plot()                               # best-effort: a plot that fails is a warning
+    run.close()                              # the folder unlocked
 
 The order of the writes is what makes a kill at any moment harmless: an epoch's metrics line
 is appended *before* its checkpoint, and a resume cuts ``metrics.jsonl`` back to the epoch of
@@ -15,13 +18,22 @@ run's). What must match on resume is :func:`jbp.config.compat_key`; see
 :mod:`jbp.checkpoint` for the restore policy (the latest readable checkpoint; unreadable
 newer ones are moved aside, never deleted).
 
+One run per folder: the writing process holds the folder's lock (:meth:`jbp.rundir.RunDir.lock`)
+from the constructor to :meth:`Run.close`, or its death; a second run on a live folder is
+refused (:class:`jbp.rundir.FolderBusy`, naming the holder's PID).
+
+Each checkpoint carries early stopping's best-so-far (with ``patience``), so a resumed run
+stops exactly where one never stopped would. A checkpoint that cannot be written raises an
+``OSError`` naming it and saying which checkpoint is the latest saved. After a divergence,
+:meth:`Run.save_last_good` saves the last good state as a stop would.
+
 Without ``out`` every method does nothing, so callers need no special case. In a multi-process
 run only process 0 writes (``writer=False`` elsewhere); every process restores.
 """
 
 import sys
 
-from jbp import checkpoint, config, rundir
+from jbp import checkpoint, config, rundir, stopping
 
 
 def _say(msg):
@@ -39,6 +51,12 @@ class Run:
         self.ckpts = checkpoint.CheckpointDir(out, keep=keep) if out else None
         self.key = None  # the run's compat_key, recorded in each checkpoint
         self.last_state, self.saved = None, None
+        self.best = None  # early stopping's best-so-far, restored from the checkpoint
+        self.early = None  # the EarlyStopping fit updates (see early_stopping)
+        if self.folder is not None:
+            warning = self.folder.lock()  # last: nothing above can fail with the lock held
+            if warning:
+                _say(f"warning: {warning}")
 
     def start(self, recipe, key):
         """The state to continue from (``None``: start fresh); prepares the folder either way."""
@@ -68,7 +86,21 @@ class Run:
         latest = ", the latest readable checkpoint" if found.skipped else ""
         _say(f"resuming from {self.ckpts.path(found.step)} (epoch {found.step}{latest})")
         self.saved = found.step
+        self.best = checkpoint.restore_best(self.ckpts.path(found.step), like)
         return found.state
+
+    def early_stopping(self, patience):
+        """The :class:`jbp.train.EarlyStopping` for ``fit`` (``None`` without ``patience``):
+        a resumed run continues the best-so-far saved in its checkpoint."""
+        if patience is None:
+            return None
+        if self.saved is not None and self.best is None:
+            _say(
+                f"checkpoint {self.saved} holds no early-stopping record (saved without "
+                f"--patience, or by an older jbp): early stopping counts from epoch {self.saved}"
+            )
+        self.early = stopping.EarlyStopping(patience, best=self.best)
+        return self.early
 
     def _fresh(self):
         if self.folder is not None:
@@ -93,23 +125,50 @@ class Run:
             return
         self.folder.append_metrics(record)
         if record["epoch"] % self.every == 0:
-            self.ckpts.save(state, config=self.key)
-            self.saved = record["epoch"]
+            self._save(state)
+
+    def _save(self, state):
+        """Checkpoint ``state`` with the best-so-far; an ``OSError`` says what is kept."""
+        best = self.early.best() if self.early is not None else None
+        try:
+            self.ckpts.save(state, config=self.key, best=best)
+        except OSError as e:
+            kept = (
+                f"the latest saved is {self.ckpts.path(self.saved)} (epoch {self.saved})"
+                if self.saved
+                else "no checkpoint of this run is saved"
+            )
+            raise OSError(e.errno, f"{e.strerror}; {kept}", e.filename) from e
+        self.saved = int(state.epoch)
 
     def finish(self):
         """Save the last state unless saved already (the end, or a stop between saves)."""
         if self.folder is not None and self.last_state is not None:
             if int(self.last_state.epoch) != self.saved:
-                self.ckpts.save(self.last_state, config=self.key)
-                self.saved = int(self.last_state.epoch)
+                self._save(self.last_state)
+
+    def save_last_good(self, state):
+        """After a divergence: save ``state`` (the last good one, ``err.state``) unless it is
+        saved already; its checkpoint's path, or ``None`` (no folder, or no epoch done)."""
+        if self.folder is None or state is None or int(state.epoch) == 0:
+            return None
+        if int(state.epoch) != self.saved:
+            self._save(state)
+        return self.ckpts.path(int(state.epoch))
 
     def close(self):
-        if self.ckpts is not None:
-            self.ckpts.close()
+        """Close the checkpoint manager and release the folder's lock."""
+        try:
+            if self.ckpts is not None:
+                self.ckpts.close()
+        finally:
+            if self.folder is not None:
+                self.folder.unlock()
 
     def plot(self):
+        """Write the plots; one that cannot be written is one warning line, never fatal."""
         if self.folder is not None:
-            self.folder.plot()
+            self.folder.plot(on_error=lambda m: _say(f"warning: {m} (the plot is not written)"))
 
     def records(self):
         """The metrics already logged (resumed at or past the target: where the run is)."""

@@ -6,18 +6,21 @@ This module is what happens around it, on the host, once per epoch: the metrics 
 one transfer, are logged, checked and handed to callbacks; early stopping keeps the best
 parameters; progress bars show on a terminal.
 
-Divergence is never silent: a non-finite loss or gradient anywhere in an epoch discards that
-epoch whole, and :class:`DivergenceError` names the epoch and step and carries the last good
-state.
+Divergence is never silent: a non-finite loss or gradient anywhere in an epoch, or an epoch
+whose train loss exceeds ``divergence_threshold`` × the initial loss, discards that epoch
+whole, and :class:`DivergenceError` names the epoch and step and carries the last good state
+(see :mod:`jbp.stopping`). Data errors are data errors: NaN or ±inf in the data is a
+:class:`jbp.data.DataError` before the first step, and labels that skip classes are warned
+about (:mod:`jbp.data_checks`).
 """
 
-import math
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jbp import data_checks
 from jbp import parallel as par
 from jbp.epoch import (  # noqa: F401 - re-exported: the engine's pieces, under their old home
     BACKWARDS,
@@ -31,20 +34,16 @@ from jbp.epoch import (  # noqa: F401 - re-exported: the engine's pieces, under 
     shuffled_batches,
     shuffled_indices,
 )
+from jbp.stopping import (  # noqa: F401 - re-exported: fit raises and uses them
+    DIVERGENCE_THRESHOLD,
+    Best,
+    DivergenceError,
+    EarlyStopping,
+    check_blow_up,
+    check_threshold,
+    initial_loss,
+)
 from jbp.util import integer, tree_sha256
-
-
-class DivergenceError(RuntimeError):
-    """Training produced a non-finite loss or gradient."""
-
-    def __init__(self, epoch, step, state):
-        self.epoch, self.step, self.state = epoch, step, state  # state: the last good epoch's
-        in_epoch = step - int(state.step)
-        super().__init__(
-            f"training diverged: non-finite loss or gradient at epoch {epoch}, step {in_epoch} "
-            f"of the epoch (optimizer step {step} overall); the parameters of epoch "
-            f"{epoch - 1} are kept and nothing non-finite is saved — try a smaller learning rate"
-        )
 
 
 def params_sha256(params):
@@ -82,6 +81,8 @@ def check_fit_args(model, data, batch_size, epochs, backward):
     integer("epochs", epochs)
     for split, x, y in (("train", data[0], data[1]), ("test", data[2], data[3])):
         model.check_data(x, y, split)  # input shape, non-empty, target shape, label range
+        data_checks.check_finite(split, x, y)  # NaN in the data: a DataError, not divergence
+    data_checks.warn_labels(model, data[1], data[3])
 
 
 def fit(
@@ -102,6 +103,8 @@ def fit(
     devices=None,
     parallel="shard_map",
     grad_norms=False,
+    divergence_threshold=DIVERGENCE_THRESHOLD,
+    early_stopping=None,
 ):
     """Train ``model`` on ``data``; return ``(state, history)``.
 
@@ -120,6 +123,10 @@ def fit(
       dtype: parameter and data dtype for a fresh state.
       patience: stop when the test loss has not improved for this many epochs; the best
         parameters are returned.
+      early_stopping: instead of ``patience``, a :class:`EarlyStopping` to continue (e.g.
+        built from a checkpoint's :class:`Best`); its best-so-far is updated in place, so
+        a callback can save it with the state. A resumed run that had already gone
+        ``patience`` epochs without improving returns its best state at once.
       callback: ``callback(state, record) -> bool``, called after every epoch on the host;
         returning True stops training after that epoch.
       progress: show a progress bar over epochs (on a terminal).
@@ -130,6 +137,11 @@ def fit(
       parallel: ``"shard_map"`` (default) or ``"pmap"``, the mechanism for ``devices``.
       grad_norms: add ``grad_norm_mean``, ``grad_norm_std``, ``grad_norm_max`` (per-example
         gradient norms over the epoch, by ``vmap``) to every record.
+      divergence_threshold: stop with :class:`DivergenceError` when an epoch's train loss
+        exceeds this multiple (≥ 1) of the initial loss, the test loss of the fresh
+        parameters (``init_state(model, optimizer, key)``: the same on resume when ``key``
+        is given; else the loss of ``state``); ``None``: off. Default
+        :data:`jbp.stopping.DIVERGENCE_THRESHOLD` (1000).
 
     Returns:
       ``(state, history)``: the final :class:`TrainState` and one dict per epoch with
@@ -138,15 +150,27 @@ def fit(
 
     Raises:
       ValueError: bad arguments or data that does not fit the network.
-      DivergenceError: a non-finite loss or gradient (``err.state`` holds the last good one).
+      jbp.data.DataError: NaN or ±inf in the data (naming the split).
+      DivergenceError: a non-finite loss or gradient, or a blown-up loss (``err.state``
+        holds the last good state).
     """
     check_fit_args(model, data, batch_size, epochs, backward)
     if patience is not None:
         integer("patience", patience)
+    check_threshold(divergence_threshold)
     if grad_norms and getattr(model, "batch_coupled", False):
         raise ValueError("grad_norms needs per-example gradients: this model couples examples")
+    resumed = state is not None
     state = _start_state(model, optimizer, key, state, dtype)
     x, y, x_test, y_test = device_data(data, _param_dtype(state.params, dtype))
+    early = early_stopping if early_stopping is not None else EarlyStopping(patience)
+    early.start(state)
+    if early.done(int(state.epoch)):  # resumed after early stopping had stopped it
+        return early.best_state(state), []
+    guard = None
+    if divergence_threshold is not None:
+        start = init_state(model, optimizer, key, dtype) if resumed and key is not None else state
+        guard = (initial_loss(model, start, x_test, y_test), float(divergence_threshold))
     step_bar = None
     if epoch_fn is None:
         par.check_args(devices, parallel)
@@ -167,16 +191,20 @@ def fit(
     bars = (_progress_bar(int(state.epoch), epochs) if progress else None, step_bar)
     try:
         return _epochs(epoch_fn, state, (x, y, x_test, y_test), epochs, callback,
-                       EarlyStopping(patience, state), bars)  # fmt: skip
+                       (early, guard), bars)  # fmt: skip
     finally:
         for b in bars:
             if b is not None:
                 b.close()
 
 
-def _epochs(epoch_fn, state, data, epochs, callback, early, bars):
-    """Run epochs up to ``epochs``: check, record, report, maybe stop; ``(state, history)``."""
-    history, (bar, step_bar) = [], bars
+def _epochs(epoch_fn, state, data, epochs, callback, stops, bars):
+    """Run epochs up to ``epochs``: check, record, report, maybe stop; ``(state, history)``.
+
+    Early stopping sees the epoch before the callback does, so a callback that saves the
+    state can save the best-so-far with it; the callback gets the true end-of-epoch state.
+    """
+    history, (bar, step_bar), (early, guard) = [], bars, stops
     for _ in range(int(state.epoch), epochs):
         t0 = time.perf_counter()
         if step_bar is not None:
@@ -186,6 +214,9 @@ def _epochs(epoch_fn, state, data, epochs, callback, early, bars):
         seconds = time.perf_counter() - t0
         if int(metrics["bad_step"]) >= 0:  # keep the last completed epoch's (finite) state
             raise DivergenceError(int(new_state.epoch), int(metrics["bad_step"]) + 1, state)
+        if guard is not None:
+            check_blow_up(int(new_state.epoch), int(new_state.step), state,
+                          float(metrics["train_loss"]), *guard)  # fmt: skip
         state = new_state
         record = _record(state, metrics, seconds)
         history.append(record)
@@ -194,8 +225,10 @@ def _epochs(epoch_fn, state, data, epochs, callback, early, bars):
             bar.set_postfix(
                 loss=f"{record['train_loss']:.4f}", acc=f"{record['test_accuracy']:.4f}"
             )
+        stopped_early = early.observe(state, record)
         stop = bool(callback(state, record)) if callback is not None else False
-        state, stopped_early = early.update(state, record)
+        if stopped_early:
+            state = early.best_state(state)
         if stopped_early or stop:
             break
     return state, history
@@ -228,31 +261,6 @@ def _record(state, metrics, seconds):
         if k in metrics:
             record[k] = float(metrics[k])
     return record
-
-
-class EarlyStopping:
-    """Stop when the test loss has not improved for ``patience`` epochs; keep the best.
-
-    ``update(state, record) -> (state, stopped)``: when it stops, the returned state carries
-    the best epoch's parameters and model state, and the record gains ``early_stopped`` and
-    ``best_epoch``. ``patience=None``: never stops.
-    """
-
-    def __init__(self, patience, state):
-        self.patience = patience
-        self.best_loss, self.best_epoch = math.inf, 0
-        self.best_params, self.best_model_state = state.params, state.model_state
-
-    def update(self, state, record):
-        if self.patience is None:
-            return state, False
-        if record["test_loss"] < self.best_loss:
-            self.best_loss, self.best_epoch = record["test_loss"], record["epoch"]
-            self.best_params, self.best_model_state = state.params, state.model_state
-        elif record["epoch"] - self.best_epoch >= self.patience:
-            record["early_stopped"], record["best_epoch"] = True, self.best_epoch
-            return state._replace(params=self.best_params, model_state=self.best_model_state), True
-        return state, False
 
 
 def _check_model_state(model, state, dtype):

@@ -1,4 +1,5 @@
-"""Small helpers shared by every module: argument validators, the tree hash, finiteness.
+"""Small helpers shared by every module: argument validators, the tree hash, finiteness,
+and the one-line form of an operating-system error.
 
 The validators run on the host, outside ``jit``, on the values a user passed. Each one names
 the argument in its message (``"keep must be an integer >= 1, got keep=True"``) and refuses a
@@ -10,6 +11,7 @@ argument (``"Conv features must be …"``).
 import hashlib
 import math
 import numbers
+import os
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +36,23 @@ def _prefix(owner):
     return f"{owner} " if owner else ""
 
 
-def integer(name, value, *, minimum=1, owner="", message=None) -> int:
-    """``value`` as an ``int`` if it is an integer ``>= minimum``; else ``ValueError``."""
-    if not is_integer(value) or value < minimum:
+#: the largest int32: the epoch and step counters of a TrainState are int32
+INT32_MAX = 2**31 - 1
+#: the largest seed whose stream is its own: jax.random.key keeps 32 bits without x64
+SEED_MAX = 2**32 - 1
+
+
+def integer(name, value, *, minimum=1, maximum=None, owner="", message=None) -> int:
+    """``value`` as an ``int`` if it is an integer in ``minimum … maximum``; else ``ValueError``.
+
+    ``maximum=None``: no upper bound. The message names the accepted range.
+    """
+    if not is_integer(value) or value < minimum or (maximum is not None and value > maximum):
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(message or f"{_prefix(owner)}{name} must be {what}, got {name}={value!r}")
+        most = "" if maximum is None else f" (accepted: {minimum} … {maximum})"
+        raise ValueError(
+            message or f"{_prefix(owner)}{name} must be {what}, got {name}={value!r}{most}"
+        )
     return int(value)
 
 
@@ -125,3 +139,24 @@ def all_finite(tree) -> jax.Array:
     """
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
     return jnp.isfinite(sum((jnp.sum(x) for x in leaves), jnp.asarray(0.0)))
+
+
+class PathError(ValueError):
+    """A path that cannot be used, found before any work is done: ``<path>: <reason>``."""
+
+    def __init__(self, path, reason):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def os_reason(err) -> str:
+    """The reason an ``OSError`` gives, without its errno and path: ``No space left on device``."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__
+
+
+def os_message(err, path=None) -> str:
+    """``<path>: <reason>`` for an ``OSError``: the file it names (else ``path``) and why."""
+    where = getattr(err, "filename", None) or path
+    return f"{os.fsdecode(where)}: {os_reason(err)}" if where else os_reason(err)

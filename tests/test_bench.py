@@ -106,3 +106,36 @@ def test_quick_cnn_bench(tmp_path):
     rows = res["workloads"]["cnn"]["results"]
     assert [row["contender"] for row in rows] == ["jbp-manual", "jax-conv-jit"]
     assert all(row["examples_per_s"] > 0 and "error" not in row for row in rows)
+
+
+def test_an_unusable_out_exits_2_before_the_benchmark(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("mine")
+    argv = ["--quick", "--workloads", "a", "--contenders", "jbp-manual", "--compile-cache", "off"]
+    r = _run_cli(*argv, "--out", str(f), timeout=60)
+    assert r.returncode == 2 and r.stdout == ""  # nothing was timed
+    assert (
+        r.stderr.strip() == f"jbp bench: {f}: is a file, not a folder (--out names the run folder)"
+    )
+    assert f.read_text() == "mine"
+
+
+def test_a_chart_that_cannot_be_written_keeps_the_result(tmp_path):
+    from jbp.bench import report
+
+    (tmp_path / "bench.png").mkdir()  # a folder where the chart goes
+    row = {"contender": "jbp-manual", "examples_per_s": 10.0, "pct_peak": 1.0}
+    res = {"workloads": {"a": {"label": "a", "results": [row]}}, "date": "2024-01-01",
+           "machine": {"cpu": "x"}, "data": "random", "peak_gflops": 1.0}  # fmt: skip
+    warned = []
+    paths = report.save(res, tmp_path, on_error=warned.append)
+    assert paths == (tmp_path / "bench.json", None)
+    assert json.loads((tmp_path / "bench.json").read_text()) == res
+    assert len(warned) == 1 and "bench.png" in warned[0]
+
+
+def test_data_too_large_for_memory_exits_2_before_the_benchmark():
+    r = _run_cli("--examples", "2000000000", "--compile-cache", "off", timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "--examples 2000000000: the data need about 12.5 TB" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

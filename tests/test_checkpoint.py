@@ -485,3 +485,70 @@ def test_restore_checks_the_format_version(tmp_path, version, message):
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(checkpoint.CheckpointVersion, match=message):
         checkpoint.restore(path, like=st)
+
+
+# ------------------------------------------------------- early stopping's best-so-far
+def test_the_best_so_far_is_saved_beside_the_state_and_read_back_exactly(tmp_path):
+    from jbp.stopping import Best
+
+    st = _small_state()
+    best = Best(0.25, 3, jax.tree.map(lambda a: a + 1, st.params), st.model_state)
+    path = checkpoint.save(tmp_path / "a", st, best=best)
+    meta = checkpoint.read_meta(path)
+    assert meta["version"] == checkpoint.VERSION == 1  # an optional item: still version 1
+    assert meta["best"]["loss"] == 0.25 and meta["best"]["epoch"] == 3
+    back = checkpoint.restore_best(path, like=st)
+    assert (back.loss, back.epoch) == (0.25, 3)
+    assert train.params_sha256(back.params) == train.params_sha256(best.params)
+    assert checkpoint.state_sha256(checkpoint.restore(path, like=st)) == checkpoint.state_sha256(st)
+    # a checkpoint without one (no --patience, or an older jbp) has none
+    assert checkpoint.restore_best(checkpoint.save(tmp_path / "b", st), like=st) is None
+    # and a garbled one is refused, never used
+    meta["best"]["sha256"] = "0" * 64
+    (path / "meta" / "metadata").write_text(json.dumps(meta))
+    with pytest.raises(checkpoint.CheckpointCorrupt, match="best/ does not hash as saved"):
+        checkpoint.restore_best(path, like=st)
+
+
+PATIENCE = ["--layers", "_,16,_", "--activation", "tanh", "--optimizer", "sgd", "--lr", "1"]
+PATIENCE += ["--batch-size", "8", "--epochs", "40", "--patience", "2", "--json"]
+
+
+def test_cli_patience_run_interrupted_and_resumed_stops_like_one_never_stopped(
+    tmp_path, capsys, monkeypatch
+):
+    """SIGINT between the best epoch and the stop: the resumed run must remember the best."""
+    from jbp import run
+
+    rc, o, _ = _run_cli(capsys, *PATIENCE, "--compile-cache", "off")
+    whole = _last_json(o)
+    assert rc == 0 and whole["early_stopped"] and whole["epoch"] == whole["best_epoch"] + 2
+    at = whole["epoch"] - 1  # after the best, before the stop
+    after_epoch = run.Run.after_epoch
+
+    def interrupted(self, state, record):
+        after_epoch(self, state, record)
+        if record["epoch"] == at:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would, between two epochs
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(run.Run, "after_epoch", interrupted)
+    out = tmp_path / "run"
+    try:
+        rc, o, err = _run_cli(capsys, *PATIENCE, "--out", str(out))
+    finally:
+        for s, h in handlers.items():  # a stopped jbp train keeps acknowledging signals
+            signal.signal(s, h)
+    assert rc == 130 and _last_json(o)["epoch"] == at, err
+    monkeypatch.undo()
+    rc, o, err = _run_cli(capsys, *PATIENCE, "--out", str(out), "--resume")
+    resumed = _last_json(o)
+    assert rc == 0, err
+    assert (resumed["epoch"], resumed["best_epoch"]) == (whole["epoch"], whole["best_epoch"])
+    assert resumed["params_sha256"] == whole["params_sha256"]
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+    assert _epochs(out) == list(range(1, whole["epoch"] + 1))
+    # resumed once more: it had stopped, so nothing is trained and the result is the same
+    rc, o, _ = _run_cli(capsys, *PATIENCE, "--out", str(out), "--resume")
+    assert rc == 0 and _last_json(o)["params_sha256"] == whole["params_sha256"]
+    assert _epochs(out) == list(range(1, whole["epoch"] + 1))

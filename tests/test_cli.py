@@ -5,8 +5,12 @@ import json
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
+import jbp
 from jbp import cli
 
 
@@ -250,3 +254,155 @@ def test_check_bad_targets_exit_2(tmp_path, target, flags, message):
     assert r.returncode == 2, r.stdout + r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------- when things go wrong
+RANGES = [
+    (["--seed", "4294967296"], "--seed must be an integer in 0 … 4294967295"),
+    (["--seed", "-1"], "--seed must be an integer in 0 … 4294967295"),
+    (["--epochs", "2147483648"], "--epochs must be a positive integer, got '2147483648' "
+     "(accepted: 1 … 2147483647)"),
+    (["--batch-size", "99999999999"], "(accepted: 1 … 2147483647, or full)"),
+    (["--patience", "0"], "--patience must be a positive integer, got '0' (accepted: 1 …"),
+    (["--keep", "-2"], "--keep must be a positive integer, got '-2' (accepted: 1 …"),
+    (["--checkpoint-every", "1e3"], "--checkpoint-every must be a positive integer"),
+    (["--devices", "0"], "--devices must be a positive integer, got '0' (accepted: 1 …"),
+    (["--process-id", "-1"], "--process-id must be an integer in 0 … 2147483647"),
+    (["--lr", "inf"], "--lr must be a positive number"),
+    (["--divergence-threshold", "0.5"], "--divergence-threshold must be a number >= 1"),
+    (["--divergence-threshold", "nan"], "--divergence-threshold must be a number >= 1"),
+    (["--layers", "_,3000000000,_"], "--layers must be positive integers, got '_,3000000000,_' "
+     "(each 1 … 2147483647)"),
+    (["--layers", "_,1000000000,_"], "need about 900.0 GB (75,000,000,010 parameters × 4 bytes"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("flags,message", RANGES, ids=[" ".join(b[0]) for b in RANGES])
+def test_out_of_range_values_exit_2_naming_the_range(flags, message, capsys):
+    assert cli.main(["train", "--epochs", "1", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--seed", "-1"], "--seed must be an integer in 0 … 4294967295"),
+        (["--coordinates", "0"], "--coordinates must be a positive integer, got '0'"),
+        (["--batch", "0"], "--batch must be a positive integer, got '0' (accepted: 1 …"),
+        (
+            ["--layers", "64,1000000000,10"],
+            "gradcheck's 75,000,000,010 float64 parameters and their gradients need about 3.9 TB",
+        ),
+    ],  # fmt: skip
+)
+def test_gradcheck_ranges(flags, message, capsys):
+    assert cli.main(["gradcheck", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_an_out_that_is_a_file_exits_2_before_training(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("mine")
+    assert cli.main(["train", "--epochs", "1", "--out", str(f)]) == 2
+    o, err = capsys.readouterr()
+    assert err.strip() == f"jbp train: {f}: is a file, not a folder (--out names the run folder)"
+    assert "epoch" not in o and f.read_text() == "mine"
+
+
+def test_a_blown_up_loss_exits_3_with_nothing_non_finite(capsys):
+    """lr 1e9: every value stays finite (the loss is ~5e9), the threshold catches it."""
+    code = cli.main(["train", "--data", "digits", "--optimizer", "sgd", "--lr", "1e9", "--quiet"])
+    assert code == 3
+    err = capsys.readouterr().err.strip()
+    assert "the train loss of epoch 1 is" in err and "more than 1000 × the initial loss" in err
+    assert err.endswith("nothing saved (no --out)") and len(err.splitlines()) == 1
+
+
+def test_divergence_saves_the_last_good_epoch_and_the_plots(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["train", "--optimizer", "sgd", "--lr", "0.1", "--schedule",
+                     "piecewise:boundaries=1,values=1e9", "--epochs", "5", "--quiet", "--out",
+                     str(out)])  # fmt: skip
+    assert code == 3  # epoch 1 at lr 0.1, epoch 2 at 1e9: blown up
+    err = capsys.readouterr().err.strip()
+    assert "the train loss of epoch 2" in err and len(err.splitlines()) == 1
+    assert err.endswith(
+        f"checkpoint {out.resolve()}/checkpoints/1 holds epoch 1, the last good one"
+    )
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").open()] == [1]
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_adam_with_eps_0_is_named_when_it_diverges(capsys):
+    code = cli.main(["train", "--optimizer", "adam:eps=0", "--epochs", "1", "--quiet"])
+    assert code == 3  # digits has pixels that are always 0: their gradients are 0, 0/0 = NaN
+    err = capsys.readouterr().err.strip()
+    assert "non-finite" in err and "adam with eps=0 divides 0 by 0" in err
+
+
+def test_labels_that_skip_classes_are_one_warning_line_each(tmp_path, capsys):
+    from test_data import fake_mnist, idx_bytes
+
+    d = tmp_path / "idx"
+    fake_mnist(d, n_train=40, n_test=10)
+    train = np.arange(40, dtype=np.uint8) % 4 * 2  # 0, 2, 4, 6: classes 1, 3, 5 never occur
+    test = np.array([0, 2, 4, 6, 7, 0, 2, 4, 6, 7], np.uint8)  # 7: in the test split only
+    (d / "train-labels-idx1-ubyte").write_bytes(idx_bytes(train))
+    (d / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(test))
+    assert cli.main(["train", "--data", f"idx:{d}", "--epochs", "1", "--quiet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "jbp train: warning: the labels are not the class indices 0 … 7: class(es) 1, 3, 5 "
+        "never occur (labels must be 0 … K−1 for K outputs, not codes)",
+        "jbp train: warning: class(es) 7 have no training example (test split only): the "
+        "model cannot learn to predict them",
+    ]
+
+
+def test_gradcheck_on_a_subset_says_so_and_warns_when_slow(capsys, monkeypatch):
+    from jbp import gradient_check
+
+    monkeypatch.setattr(gradient_check, "SLOW_SECONDS", 0.0)
+    assert cli.main(["gradcheck", "--layers", "4,5,3", "--coordinates", "7", "--json"]) == 0
+    o, err = capsys.readouterr()
+    lines = o.strip().splitlines()
+    assert lines[1].startswith(
+        "finite differences: 14 loss evaluations (central, 7 random coordinates of 43), estimated"
+    )
+    assert "finite differences on a random subset: 7 of 43 coordinates" in o
+    rep = json.loads(lines[-1])
+    assert rep["ok"] and rep["fd_subset"] and rep["fd_coordinates"] == 7 and rep["fd_evals"] == 14
+    assert err.startswith("jbp gradcheck: warning: finite differences will take about")
+    assert "--coordinates" not in err  # already a subset: no advice to take one
+    net = jbp.MLP((4, 5, 3))
+    gradient_check._announce(net, net.init(jax.random.key(0)), jnp.ones((2, 4)),
+                             jnp.array([0, 1]), "forward", None)  # fmt: skip
+    o, err = capsys.readouterr()
+    assert o.startswith("finite differences: 44 loss evaluations (forward, all 43 parameters)")
+    assert err.endswith("; --coordinates N checks N random ones\n")
+
+
+def test_check_refuses_inputs_too_large_for_memory(capsys):
+    assert cli.main(["check", "no_such_module:layer", "--in-shape", "99999999999"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--in-shape 99999999999 with --batch 4: the inputs and their gradients need about" in err
+    assert len(err.splitlines()) == 1  # refused before the target is even looked up
+
+
+def test_out_of_memory_past_the_estimate_is_one_line(capsys, monkeypatch):
+    from jbp import train_command
+
+    def oom(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 96000000000 bytes.\nmore"
+        )
+
+    monkeypatch.setattr(train_command, "run", oom)
+    assert cli.main(["train", "--epochs", "1", "--quiet"]) == 2
+    assert capsys.readouterr().err == (
+        "jbp train: out of memory: RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
+        "96000000000 bytes.\n"
+    )

@@ -93,3 +93,22 @@ def test_compat_key_records_what_resume_must_match():
     assert config.MAY_DIFFER == ("epochs",) and set(config.RECORDED) == {"devices", "parallel"}
     other = config.compat_key(RunConfig(data="digits", optimizer_options=(("b2", 0.9),)), r.model)
     assert other["hparams"] == {"b2": 0.9} and other != plain
+
+
+def test_ranges_and_the_divergence_threshold():
+    for bad, message in [
+        (dict(seed=2**32), r"seed must be an integer >= 0, got seed=4294967296 \(accepted: 0 … "
+         r"4294967295\)"),
+        (dict(epochs=2**31), r"\(accepted: 1 … 2147483647\)"),
+        (dict(batch_size=2**31), r"\(accepted: 1 … 2147483647, or 'full'\)"),
+        (dict(divergence_threshold=0.5), "divergence_threshold must be a finite number >= 1"),
+        (dict(divergence_threshold=float("inf")), "divergence_threshold must be a finite"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            RunConfig(**bad)
+    assert RunConfig().divergence_threshold == 1e3 and RunConfig(seed=2**32 - 1).seed == 2**32 - 1
+    assert RunConfig(divergence_threshold=None).divergence_threshold is None  # off
+    # not part of what a checkpoint records: changing it on --resume is allowed
+    assert "divergence_threshold" not in config.compat_key(
+        RunConfig(), recipe.build(RunConfig(layers=(None, 8, None))).model
+    )

@@ -363,3 +363,45 @@ def test_idx_images_as_nhwc(tmp_path):
     np.testing.assert_allclose(ds.x_train[..., 0] * 255, raw["train-images-idx3-ubyte"])
     flat = data.load(f"idx:{tmp_path}")
     np.testing.assert_array_equal(ds.x_train.reshape(5, 12), flat.x_train)
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_a_data_error_naming_the_split(split, bad):
+    from jbp.data_checks import check_finite
+
+    x = np.zeros((6, 3), np.float32)
+    x[4, 1] = bad
+    with pytest.raises(DataError, match=rf"the {split} inputs hold 1 non-finite value.*example 4"):
+        check_finite(split, x, np.zeros(6, np.int32))
+    y = np.zeros((6, 2))
+    y[2, 0] = y[5, 1] = bad
+    with pytest.raises(DataError, match=rf"the {split} targets hold 2 non-finite.*example 2"):
+        check_finite(split, np.zeros((6, 3)), y)
+
+
+def test_huge_finite_values_are_not_non_finite():
+    from jbp.data_checks import check_finite
+
+    check_finite("train", np.full((4, 2), 3e38, np.float32), np.zeros(4, np.int32))  # sum overflows
+    check_finite("train", np.zeros((2, 2)), np.array([0, 1]))  # integer labels: nothing to check
+
+
+def test_label_warnings():
+    from jbp.data_checks import label_warnings
+
+    assert label_warnings([0, 1, 2, 1], [2, 0], 3) == []
+    assert label_warnings([1, 2, 3], [1, 2, 3], 4) == [
+        "the labels are not the class indices 0 … 3: class(es) 0 never occur (labels must be "
+        "0 … K−1 for K outputs, not codes)"
+    ]
+    assert label_warnings([0, 1], [0, 1, 2], 3) == [
+        "class(es) 2 have no training example (test split only): the model cannot learn to "
+        "predict them"
+    ]
+    assert "… (15 in all)" in label_warnings([0], [0], 16)[0]
+    assert label_warnings(np.zeros((3, 2)), np.zeros((3, 2)), 2) == []  # real targets
+    assert label_warnings([0, 1], [0, 1], None) == []  # a model without classes

@@ -78,3 +78,15 @@ def test_run_config_and_to_argv_round_trip():
     again = flags.run_config(flags.train_parser().parse_args(flags.to_argv(c)))
     assert again == c
     assert flags.to_argv(config.RunConfig()) == []
+
+
+def test_the_divergence_threshold_flag():
+    def cfg(*argv):
+        return flags.run_config(flags.train_parser().parse_args(list(argv)))
+
+    assert cfg().divergence_threshold == config.RunConfig().divergence_threshold == 1e3
+    assert cfg("--divergence-threshold", "off").divergence_threshold is None
+    assert cfg("--divergence-threshold", "50").divergence_threshold == 50.0
+    for c in (cfg("--divergence-threshold", "off"), cfg("--divergence-threshold", "50")):
+        assert flags.run_config(flags.train_parser().parse_args(flags.to_argv(c))) == c
+    assert flags.to_argv(cfg("--divergence-threshold", "off")) == ["--divergence-threshold", "off"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import jbp
+from jbp import gradient_check
 from jbp.gradient_check import finite_differences, rel_diff
 
 
@@ -59,3 +60,43 @@ def test_report_fails_for_a_wrong_backward(monkeypatch):
     assert not rep.ok and "FAIL" in rep.table()
     bad = {(r.layer, r.param) for r in rep.rows if r.rel_autodiff > 1e-10}
     assert bad == {(1, "W"), (1, "b")}  # only the layer below the wrong derivative
+
+
+def test_finite_differences_on_chosen_coordinates():
+    def f(v):
+        return jnp.sum(jnp.sin(v) * v**2)
+
+    v = jnp.linspace(-1, 1, 37, dtype=jnp.float64)
+    full, _ = finite_differences(f, v, chunk=8)
+    idx = gradient_check.subset(37, 5, jax.random.key(1))
+    assert len(set(idx.tolist())) == 5 and list(idx) == sorted(idx) and idx.max() < 37
+    part, evals = finite_differences(f, v, chunk=8, indices=idx)
+    assert evals == 10
+    np.testing.assert_allclose(part, full[idx], rtol=1e-12)
+    assert gradient_check.subset(37, 37) is None and gradient_check.subset(37, None) is None
+    with pytest.raises(ValueError, match="coordinates must be a positive integer"):
+        gradient_check.subset(37, 0)
+
+
+def test_a_subset_of_coordinates_is_reported_as_one():
+    net, params, x, y = _case()  # 26 parameters
+    rep = jbp.gradcheck(net, params, x, y, coordinates=10, key=jax.random.key(3))
+    assert rep.ok and rep.fd_subset and rep.fd_coordinates == 10 and rep.fd_evals == 20
+    assert rep.rel_autodiff < 1e-10  # jax.grad is still compared on every parameter
+    assert "random subset: 10 of 26 coordinates" in rep.table()
+    assert rep.to_dict()["fd_subset"] is True
+    sampled = [r for r in rep.rows if r.rel_fd is not None]
+    assert sampled and all(r.rel_fd < 1e-7 for r in sampled)
+    whole = jbp.gradcheck(net, params, x, y, coordinates=26)
+    assert not whole.fd_subset and whole.fd_evals == 52 and "subset" not in whole.table()
+
+
+def test_a_subset_still_fails_a_wrong_backward(monkeypatch):
+    net, params, x, y = _case()
+    fwd, _ = jbp.activations.ACTIVATIONS["tanh"]
+    monkeypatch.setitem(
+        jbp.activations.ACTIVATIONS, "tanh", (fwd, lambda da, z, a: da * (1 - a * a) * 1.001)
+    )
+    rep = jbp.gradcheck(net, params, x, y, coordinates=8, key=jax.random.key(0))
+    assert not rep.ok and rep.rel_fd > 1e-7  # finite differences alone see it
+    assert any(r.rel_fd is not None and r.rel_fd > 1e-7 for r in rep.rows if r.layer == 1)

@@ -308,3 +308,61 @@ def test_psum_flat_is_one_collective_and_exact():
         np.testing.assert_array_equal(np.asarray(out[k]), 2 * np.asarray(tree[k]))
     text = f.lower(tree).compile().as_text()
     assert text.count(" all-reduce(") + text.count(" all-reduce-start(") == 2  # float32, int32
+
+
+def _wait_for_epochs(path, n, procs, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        if any(p.poll() is not None for p in procs):
+            return
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_one_process_stops_all_at_the_same_epoch(tmp_path, sig, code):
+    out = tmp_path / "run"
+    procs = _processes(2, ["--epochs", "100000", "--quiet", "--out", str(out)], tmp_path)
+    _wait_for_epochs(out / "metrics.jsonl", 3, procs)
+    procs[1].send_signal(sig)  # the peer, not process 0: it must still stop everyone
+    results = _finish(procs, tmp_path, 120)
+    assert [rc for rc, _, _ in results] == [code, code], [e[-800:] for _, _, e in results]
+    saved = jbp.checkpoint.CheckpointDir(out).steps()
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").open()]
+    assert saved and saved[-1] == epochs[-1]  # process 0 saved the epoch both stopped after
+    assert "resume with" in results[0][2]
+
+
+@pytest.mark.slow
+def test_the_launcher_forwards_signals_to_the_jbp_processes(tmp_path):
+    out = tmp_path / "run"
+    argv = ["--data", "digits", "--layers", "_,16,_", "--epochs", "100000", "--quiet"]
+    with open(tmp_path / "log", "w") as log:
+        launcher = subprocess.Popen(
+            [os.path.join(ROOT, "scripts", "launch"), "2", "--", *argv, "--out", str(out)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=_env(),
+        )  # fmt: skip
+    try:
+        _wait_for_epochs(out / "metrics.jsonl", 2, [launcher])
+        launcher.send_signal(signal.SIGINT)
+        rc = launcher.wait(timeout=90)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    log = (tmp_path / "log").read_text()
+    assert rc == 130, log[-1500:]
+    assert jbp.checkpoint.CheckpointDir(out).steps(), log[-1500:]
+    assert "[1] " in log  # the peer's lines, prefixed
+
+
+def test_an_unresolvable_coordinator_host_is_bad_input(tmp_path):
+    r = subprocess.run(
+        [*TRAIN, "--coordinator", "no-such-host.invalid:1234", "--num-processes", "2",
+         "--process-id", "0", "--epochs", "1"],
+        capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "does not resolve" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -240,3 +240,112 @@ def test_an_overflow_in_the_last_update_is_caught(small, monkeypatch):
     assert jax.tree.all(
         jax.tree.map(lambda a: bool(jnp.all(jnp.isfinite(a))), e.value.state.params)
     )
+
+
+# ------------------------------------------------------------- divergence: blow-up
+def _max_ratio(cfg, subset=None):
+    """Train a preset recipe with the default threshold; its max train loss ÷ initial loss."""
+    from jbp import config, recipe
+
+    r = recipe.build(config.RunConfig(**cfg))
+    ds = r.data
+    if subset:
+        ds = Dataset(ds.x_train[:subset], ds.y_train[:subset], ds.x_test[: subset // 2],
+                     ds.y_test[: subset // 2])  # fmt: skip
+    state0 = train.init_state(r.model, r.optimizer, jax.random.key(0), r.dtype)
+    x_test, y_test = train.device_data(ds, r.dtype)[2:]
+    loss0 = train.initial_loss(r.model, state0, x_test, y_test)
+    _, hist = jbp.fit(r.model, r.optimizer, ds, batch_size=r.batch_size, epochs=r.epochs,
+                      key=jax.random.key(0), dtype=r.dtype)  # fmt: skip
+    return max(h["train_loss"] for h in hist) / loss0
+
+
+@pytest.mark.parametrize(
+    "cfg,subset",
+    [
+        (dict(data="digits"), None),  # the whole preset: 30 epochs
+        (dict(data="moons"), None),  # 1000 epochs
+        (dict(data="digits", model="cnn", epochs=2), None),  # its first epochs
+        (dict(data="fashion-mnist", epochs=2), 2000),
+    ],
+    ids=["digits", "moons", "digits-cnn", "fashion-mnist-subset"],
+)
+def test_no_preset_recipe_comes_near_the_default_threshold(cfg, subset):
+    if cfg["data"] == "fashion-mnist":
+        _fashion()
+    ratio = _max_ratio(cfg, subset)
+    assert ratio < train.DIVERGENCE_THRESHOLD / 100  # measured: ≤ 1.0, two orders of margin
+
+
+def test_a_blown_up_loss_is_divergence_and_the_threshold_can_be_off(small):
+    kw = dict(batch_size=64, epochs=2, key=jax.random.key(0))
+    net = jbp.MLP((64, 30, 10), "sigmoid", "softmax", "cross_entropy")
+    with pytest.raises(train.DivergenceError, match=r"train loss of epoch 1 is .* more than "
+                       r"1000 × the initial loss .*smaller learning rate") as e:  # fmt: skip
+        jbp.fit(net, jbp.optim.sgd(1e9), small, **kw)
+    assert e.value.kind == "blow-up" and e.value.loss > 1000 * e.value.reference
+    assert int(e.value.state.epoch) == 0  # the last good state: nothing of the epoch kept
+    _, hist = jbp.fit(net, jbp.optim.sgd(1e9), small, divergence_threshold=None, **kw)
+    assert len(hist) == 2 and all(np.isfinite(h["train_loss"]) for h in hist)
+
+
+def test_the_blow_up_rule():
+    from jbp import stopping
+
+    state = train.TrainState((), (), jnp.asarray(5), jnp.asarray(1), None)
+    with pytest.raises(train.DivergenceError, match=r"epoch 2 is 3.1, more than 1.5 × the "
+                       r"initial loss 2 .*the parameters of epoch 1 are kept") as e:  # fmt: skip
+        stopping.check_blow_up(2, 10, state, 3.1, 2.0, 1.5)
+    assert (e.value.epoch, e.value.step, e.value.state) == (2, 10, state)
+    stopping.check_blow_up(2, 10, state, 2.9, 2.0, 1.5)  # under: nothing
+    stopping.check_blow_up(2, 10, state, 1e30, 2.0, None)  # off
+    for reference in (-1.0, 0.0, float("inf"), float("nan")):  # no meaningful multiple: off
+        stopping.check_blow_up(2, 10, state, 1e30, reference, 1.5)
+
+
+@pytest.mark.parametrize("bad", [0.5, 0, float("inf"), float("nan"), True, "1e3"])
+def test_the_threshold_is_checked(small, bad):
+    with pytest.raises(ValueError, match="divergence_threshold must be a finite number >= 1"):
+        jbp.fit(NET, jbp.optim.sgd(0.1), small, epochs=1, key=jax.random.key(0),
+                divergence_threshold=bad)  # fmt: skip
+
+
+# ------------------------------------------------------------------ data errors
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_nan_in_the_data_is_a_data_error_not_divergence(small, split):
+    x = np.array(small[0] if split == "train" else small[2])
+    x[7, 3] = np.nan
+    ds = small._replace(**{"x_train" if split == "train" else "x_test": x})
+    with pytest.raises(DataError, match=rf"the {split} inputs hold 1 non-finite value.*example 7"):
+        jbp.fit(NET, jbp.optim.sgd(0.1), ds, epochs=1, key=jax.random.key(0))
+
+
+def test_labels_that_skip_classes_are_warned_about(small):
+    from jbp.data_checks import DataWarning
+
+    y = np.where(small[1] == 3, 4, small[1])  # class 3 only in the test split now
+    with pytest.warns(DataWarning, match=r"class\(es\) 3 have no training example"):
+        jbp.fit(NET, jbp.optim.sgd(0.1), small._replace(y_train=y), epochs=1,
+                key=jax.random.key(0))  # fmt: skip
+
+
+# ------------------------------------------------- early stopping, stopped and resumed
+def test_early_stopping_resumed_from_its_best_stops_like_one_run(small):
+    kw = dict(batch_size=8, epochs=40, key=jax.random.key(0))
+    full, hist = jbp.fit(NET, jbp.optim.sgd(3.0), small, patience=2, **kw)
+    stop, best = hist[-1]["epoch"], hist[-1]["best_epoch"]
+    assert hist[-1]["early_stopped"] and stop == best + 2
+    early = train.EarlyStopping(2)
+    half, _ = jbp.fit(NET, jbp.optim.sgd(3.0), small, early_stopping=early,
+                      callback=lambda s, r: r["epoch"] == stop - 1, **kw)  # fmt: skip
+    saved = early.best()
+    assert (saved.epoch, int(half.epoch)) == (best, stop - 1)
+    resumed = train.EarlyStopping(2, best=saved)
+    rest, hist2 = jbp.fit(NET, jbp.optim.sgd(3.0), small, state=half, early_stopping=resumed,
+                          **kw)  # fmt: skip
+    assert [h["epoch"] for h in hist2] == [stop] and hist2[-1]["best_epoch"] == best
+    assert jbp.params_sha256(rest.params) == jbp.params_sha256(full.params)
+    # a run resumed once it had stopped returns its best at once, training nothing
+    again, hist3 = jbp.fit(NET, jbp.optim.sgd(3.0), small, state=rest._replace(
+        params=half.params), early_stopping=train.EarlyStopping(2, best=resumed.best()), **kw)  # fmt: skip
+    assert hist3 == [] and jbp.params_sha256(again.params) == jbp.params_sha256(full.params)

@@ -9,9 +9,10 @@ library when it is built.
 """
 
 import json
+import sys
 
-from jbp import compile_cache
-from jbp.bench import report, runner, tta
+from jbp import compile_cache, memory
+from jbp.bench import report, runner, runs, tta
 from jbp.flags import add_compile_cache_arg, count
 
 _TTA_BASELINES = ("jax-scan", "torch")  # the contenders that report a test accuracy
@@ -35,6 +36,16 @@ def add_args(p):
     p.add_argument("--out", help="directory for bench.json and bench.png")
     p.add_argument("--bf16", action="store_true", help="bfloat16 parameters, data and matmuls")
     p.add_argument("--time-to-accuracy", action="store_true", help="also time Fashion-MNIST runs")
+    p.add_argument(
+        "--startup",
+        action="store_true",
+        help="also time whole jbp train runs, cold and warm compilation cache",
+    )
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="also the parallel table: plain, --devices 1/2 (shard_map, pmap), 2 processes",
+    )
     p.add_argument("--json", action="store_true", help="last line of stdout: the result as JSON")
     add_compile_cache_arg(p)
     return p
@@ -57,9 +68,17 @@ def _log(quiet):
 def main(args):
     """``jbp bench`` with parsed flags ``args``: run, print, save; the exit status (0).
 
-    A bad ``--workloads`` or ``--contenders`` raises ``ValueError`` naming the flag.
+    A bad ``--workloads`` or ``--contenders`` raises ``ValueError`` naming the flag, and an
+    ``--out`` that cannot hold the results (a file, not writable) :class:`jbp.util.PathError`,
+    both before anything is timed. If ``bench.json`` cannot be written at the end, the result
+    is printed first and the ``OSError`` raised; a chart that cannot be written is a warning.
     """
     workloads = _names(args.workloads, tuple(runner.WORKLOADS), "workloads")
+    if args.out:
+        report.check_out(args.out)  # before the benchmark: not after minutes of timing
+    if args.examples:  # 784 float32 inputs each, tiled from Fashion-MNIST (a copy, then a cut)
+        memory.check_bytes(2 * 784 * 4 * args.examples, f"--examples {args.examples}: the data",
+                           advice="ask for fewer --examples")  # fmt: skip
     compile_cache.enable(args.compile_cache)
     contenders = (
         runner.ALL_CONTENDERS
@@ -82,9 +101,24 @@ def main(args):
         res["time_to_accuracy"] = tta.time_to_accuracy(
             [c for c in contenders if c in _TTA_BASELINES], log=_log(args.json)
         )
+    if args.startup:
+        res["startup"] = runs.startup(log=_log(args.json))
+    if args.parallel:
+        res["parallel"] = runs.parallel_table(log=_log(args.json))
+    failed = None
     if args.out:
-        paths = report.save(res, args.out)
-        if not args.json:
-            print(f"wrote {paths[0]} and {paths[1]}")
+        try:
+            paths = report.save(res, args.out, on_error=_warn)
+        except OSError as e:
+            failed = e  # the result is printed all the same, then the error
+        else:
+            if not args.json:
+                print(f"wrote {' and '.join(str(p) for p in paths if p is not None)}")
     print(json.dumps(res) if args.json else "\n" + report.table(res))
+    if failed is not None:
+        raise failed
     return 0
+
+
+def _warn(message):
+    print(f"jbp bench: warning: {message} (the chart is not written)", file=sys.stderr, flush=True)

@@ -11,6 +11,8 @@ then, when it was run, the time-to-accuracy list of :mod:`jbp.bench.tta`.
 import json
 from pathlib import Path
 
+from jbp.bench import runs
+
 
 def table(res):
     """The result as a plain-text table (one block per workload)."""
@@ -48,14 +50,43 @@ def table(res):
                 f"  {r['name']:<28} {r['seconds']:>6.2f} s   test accuracy {r['test_accuracy']:.4f}"
                 f"   {r['recipe']}"
             )
+    lines += runs.table(res)
     return "\n".join(lines)
 
 
-def save(res, out_dir):
-    """Write ``bench.json`` and ``bench.png`` (examples/s bars per workload) to ``out_dir``."""
+def check_out(out_dir):
+    """Make ``out_dir`` if needed; :class:`jbp.util.PathError` if it cannot hold the results
+    (a file, under a file, not writable) — checked before the benchmark runs."""
+    from jbp.rundir import RunDir
+
+    RunDir(out_dir)  # the run folder's checks: a folder, created, writable
+
+
+def save(res, out_dir, *, on_error=None):
+    """Write ``bench.json`` and ``bench.png`` (examples/s bars per workload) to ``out_dir``.
+
+    Returns both paths. The chart is best-effort with ``on_error``: if it cannot be written,
+    ``on_error(message)`` is called and its path is ``None``; ``bench.json`` must be written
+    (an ``OSError`` naming it otherwise).
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out)
     (out / "bench.json").write_text(json.dumps(res, indent=2))
+    try:
+        _chart(res, out / "bench.png")
+    except Exception as e:  # noqa: BLE001 - a chart never costs the benchmark its result
+        if on_error is None:
+            raise
+        from jbp.util import os_message
+
+        png = out / "bench.png"
+        on_error(os_message(e, png) if isinstance(e, OSError) else f"{png}: {e}")
+        return out / "bench.json", None
+    return out / "bench.json", out / "bench.png"
+
+
+def _chart(res, path):
+    """``bench.png``: examples/s bars per workload, labelled with the % of matmul peak."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,6 +114,7 @@ def save(res, out_dir):
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(out / "bench.png", dpi=110)
-    plt.close(fig)
-    return out / "bench.json", out / "bench.png"
+    try:
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
