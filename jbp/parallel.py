@@ -286,7 +286,7 @@ def _device_epoch(run, mesh, parallel, batch_size):
         return run(state, idx, None, mb, x_test, y_test, source=(x, y))
 
     place = _replicator(mesh)
-    if parallel == "shard_map":
+    if parallel == "shard_map" or n_dev == 1:  # one device: nothing to map, either mode
         program = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P(), out_specs=P()))
 
         def epoch(state, x, y, x_test, y_test):
