@@ -139,3 +139,15 @@ def test_data_too_large_for_memory_exits_2_before_the_benchmark():
     assert r.returncode == 2 and r.stdout == ""
     assert "--examples 2000000000: the data need about 12.5 TB" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_startup_runs_cold_then_warm():
+    from jbp.bench import runs
+    from jbp.config import RunConfig
+
+    rows = runs.startup([("digits", RunConfig(data="digits", epochs=2))], log=lambda *a: None)
+    cold, warm = rows
+    assert (cold["cache"], warm["cache"]) == ("cold", "warm")
+    assert cold["test_accuracy"] == warm["test_accuracy"]  # the same run, compiled or read back
+    text = "\n".join(runs.table({"startup": rows}))
+    assert "cold" in text and "warm" in text
