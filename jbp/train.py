@@ -173,21 +173,10 @@ def fit(
         guard = (initial_loss(model, start, x_test, y_test), float(divergence_threshold))
     step_bar = None
     if epoch_fn is None:
-        par.check_args(devices, parallel)
-        if devices is not None or jax.process_count() > 1:
-            epoch_fn = par.make_epoch_fn(
-                model, optimizer, batch_size, devices, parallel, backward, grad_norms
-            )
-        else:
-            step_bar, on_steps = _step_progress(progress, x.shape[0], batch_size)
-            # Deliberately not donate_argnums: the host keeps the previous epoch's state (the
-            # last good one a DivergenceError hands back; early stopping's best; a callback's
-            # saved copy), and a donated input would be freed under them. The copy it costs
-            # is one set of parameters and optimizer moments per epoch, not per step.
-            epoch_fn = jax.jit(
-                make_epoch(model, optimizer, batch_size, backward=backward,
-                           grad_norms=grad_norms, on_steps=on_steps)
-            )  # fmt: skip
+        epoch_fn, step_bar = _epoch_program(
+            model, optimizer, batch_size, devices, parallel, backward, grad_norms,
+            progress, x.shape[0],
+        )  # fmt: skip
     bars = (_progress_bar(int(state.epoch), epochs) if progress else None, step_bar)
     try:
         return _epochs(epoch_fn, state, (x, y, x_test, y_test), epochs, callback,
@@ -196,6 +185,27 @@ def fit(
         for b in bars:
             if b is not None:
                 b.close()
+
+
+def _epoch_program(
+    model, optimizer, batch_size, devices, parallel, backward, grad_norms, progress, n
+):
+    """The compiled epoch (sharded with ``devices`` or several processes), and a step bar
+    for a long epoch of ``n`` examples on a terminal (``progress``)."""
+    par.check_args(devices, parallel)
+    if devices is not None or jax.process_count() > 1:
+        fn = par.make_epoch_fn(
+            model, optimizer, batch_size, devices, parallel, backward, grad_norms
+        )
+        return fn, None
+    step_bar, on_steps = _step_progress(progress, n, batch_size)
+    # Deliberately not donate_argnums: the host keeps the previous epoch's state (the last
+    # good one a DivergenceError hands back; early stopping's best; a callback's saved copy),
+    # and a donated input would be freed under them. The copy it costs is one set of
+    # parameters and optimizer moments per epoch, not per step.
+    fn = jax.jit(make_epoch(model, optimizer, batch_size, backward=backward,
+                            grad_norms=grad_norms, on_steps=on_steps))  # fmt: skip
+    return fn, step_bar
 
 
 def _epochs(epoch_fn, state, data, epochs, callback, stops, bars):
