@@ -232,12 +232,28 @@ def main(argv=None):
     """Entry point of the ``jbp`` console script; returns the exit status."""
     import warnings
 
-    from jbp.util import PathError, os_message
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = f"jbp {argv[0]}" if argv and argv[0] in COMMANDS else "jbp"
     previous = _one_line_warnings(prog)
+    try:
+        return _leave(_run_command(argv, prog))
+    finally:
+        warnings.showwarning = previous
+
+
+def _leave(code):
+    """In a multi-process run, an error ends this process at once (see distributed.leave)."""
+    distributed = sys.modules.get("jbp.distributed")
+    if distributed is None or code in (0, 130, 143):  # success, or every process stopping
+        return code  # together: the runtime's exit barrier is met by all of them
+    return distributed.leave(code)
+
+
+def _run_command(argv, prog):
+    """Parse and run; every error a user can cause becomes one line and its exit status."""
+    from jbp.util import PathError, os_message
+
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv  # to print the resume command
@@ -262,8 +278,6 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("jbp: interrupted", file=sys.stderr)
         return 130
-    finally:
-        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

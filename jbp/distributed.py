@@ -15,6 +15,7 @@ import ipaddress
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -133,6 +134,7 @@ def initialize(coordinator, num_processes, process_id, *, bind=None, heartbeat_t
         # JAX's client aborts the whole process (a C++ fatal error) when it cannot connect;
         # waiting for the port first turns the common case into one clear message.
         _wait_for_port(host.strip("[]"), port, init_timeout, process_id, num_processes)
+    global _STARTED
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         jax.distributed.initialize(
@@ -143,6 +145,7 @@ def initialize(coordinator, num_processes, process_id, *, bind=None, heartbeat_t
             initialization_timeout=init_timeout,
             heartbeat_timeout_seconds=hb,
         )
+        _STARTED = True
     except Exception as e:  # the runtime's errors are long; keep the first line
         raise PeerError(
             f"process {process_id} of {num_processes} could not join the run at {coordinator}: "
@@ -155,6 +158,29 @@ def initialize(coordinator, num_processes, process_id, *, bind=None, heartbeat_t
             for sig, handler in handlers.items():
                 if handler is not None:
                     signal.signal(sig, handler)
+
+
+_STARTED = False
+
+
+def started():
+    """True once this process has joined a multi-process run (:func:`initialize`)."""
+    return _STARTED
+
+
+def leave(code):
+    """End a process of a multi-process run now, with ``code``, skipping JAX's exit barrier.
+
+    After an error in one process, a normal exit would wait at the distributed runtime's
+    shutdown barrier for peers that are still training (then abort); leaving at once closes
+    this process's connections, so the peers' next collective fails within seconds and they
+    exit 4 (:class:`PeerError`). Returns ``code`` when not in a multi-process run.
+    """
+    if _STARTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def resolve_host(host, coordinator):
@@ -180,7 +206,15 @@ def agree_stop(signum):
         return signum
     from jax.experimental import multihost_utils
 
-    got = multihost_utils.process_allgather(np.asarray([signum or 0], np.int32))
+    try:
+        got = multihost_utils.process_allgather(np.asarray([signum or 0], np.int32))
+    except Exception as e:  # a peer died or left after an error: its connections are closed
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PeerError(
+            f"process {jax.process_index()} of {jax.process_count()}: another process stopped "
+            f"(an error there, or it died) — {first[:200]}; fix it and restart every process "
+            f"with --resume to continue from the last checkpoint"
+        ) from e
     nonzero = [int(v) for v in np.ravel(got) if v]
     return nonzero[0] if nonzero else None
 

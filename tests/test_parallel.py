@@ -366,3 +366,21 @@ def test_an_unresolvable_coordinator_host_is_bad_input(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "does not resolve" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_an_error_in_one_process_ends_the_others_promptly(tmp_path):
+    out = tmp_path / "run"
+    procs = _processes(2, ["--epochs", "100000", "--quiet", "--out", str(out)], tmp_path)
+    _wait_for_epochs(out / "metrics.jsonl", 2, procs)
+    # The next checkpoint cannot be written: process 0 fails with one line (exit 74) …
+    ckpts = out / "checkpoints"
+    os.rename(ckpts, tmp_path / "moved")
+    ckpts.write_text("not a folder")
+    t0 = time.monotonic()
+    results = _finish(procs, tmp_path, 90)
+    # … and its peer learns it at its next collective: exit 4 within seconds, no 60 s hang.
+    assert time.monotonic() - t0 < 45
+    (rc0, _, err0), (rc1, _, err1) = results
+    assert rc0 == 74 and "Traceback" not in err0, err0[-1500:]
+    assert rc1 == 4 and "Traceback" not in err1, err1[-1500:]
