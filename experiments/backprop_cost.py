@@ -121,9 +121,7 @@ def measure(sizes, cfg):
 
         for method in ("forward", "central"):
             ticks[0] = 0
-            g_fd, reported = finite_differences(
-                counted, flat, method=method, chunk=cfg.chunk
-            )
+            g_fd, reported = finite_differences(counted, flat, method=method, chunk=cfg.chunk)
             jax.effects_barrier()
             row[f"fd_{method}_evals_counted"] = ticks[0]
             row[f"fd_{method}_evals_reported"] = reported
