@@ -9,8 +9,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
   echo "jbp: installing jbp and its dependencies into .venv (first run only)" >&2
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]" >&2
+  # pip's and the build backend's notices go to a log, shown only if the install fails
+  LOG="$VENV/install.log"
+  if ! { "$VENV/bin/python" -m pip install --quiet --upgrade pip \
+         && "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]"; } >"$LOG" 2>&1; then
+    cat "$LOG" >&2
+    echo "jbp: installing into $VENV failed (the log above is kept in $LOG)" >&2
+    exit 1
+  fi
   touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
