@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jbp.bench import dense, eager
+import jbp.bench.dense as dense
+import jbp.bench.eager as eager
 
 CONTENDERS = ("jbp-manual", "jbp-autodiff", "jax-conv-jit", "jax-conv-scan", "flax-nnx", "torch")
 

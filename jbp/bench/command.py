@@ -11,8 +11,11 @@ library when it is built.
 import json
 import sys
 
+import jbp.bench.report as report
+import jbp.bench.runner as runner
+import jbp.bench.runs as runs
+import jbp.bench.tta as tta
 from jbp import compile_cache, memory
-from jbp.bench import report, runner, runs, tta
 from jbp.flags import add_compile_cache_arg, count
 
 _TTA_BASELINES = ("jax-scan", "torch")  # the contenders that report a test accuracy

@@ -11,7 +11,7 @@ then, when it was run, the time-to-accuracy list of :mod:`jbp.bench.tta`.
 import json
 from pathlib import Path
 
-from jbp.bench import runs
+import jbp.bench.runs as runs
 
 
 def table(res):

@@ -33,7 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbp.bench import cnn, dense, eager
+import jbp.bench.cnn as cnn
+import jbp.bench.dense as dense
+import jbp.bench.eager as eager
 from jbp.bench.dense import Workload
 
 ALL_CONTENDERS = tuple(dict.fromkeys(dense.CONTENDERS + cnn.CONTENDERS))

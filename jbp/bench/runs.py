@@ -50,7 +50,7 @@ def _train(argv, out, cache, env=None, launch=None):
 
 def startup(recipes=None, log=print):
     """Cold and warm runs of each ``(label, RunConfig)``; a list of result dicts."""
-    from jbp.bench import tta
+    import jbp.bench.tta as tta
 
     recipes = recipes or [("digits", DIGITS), ("fashion-mnist 89 % recipe", tta.TTA_RECIPE)]
     rows = []

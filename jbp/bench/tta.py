@@ -17,7 +17,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jbp.bench import dense, eager
+import jbp.bench.dense as dense
+import jbp.bench.eager as eager
 from jbp.config import RunConfig
 
 #: The baselines' time-to-accuracy network, optimizer and batch size, and its epochs.
