@@ -209,14 +209,20 @@ def agree_stop(signum):
     try:
         got = multihost_utils.process_allgather(np.asarray([signum or 0], np.int32))
     except Exception as e:  # a peer died or left after an error: its connections are closed
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PeerError(
-            f"process {jax.process_index()} of {jax.process_count()}: another process stopped "
-            f"(an error there, or it died) — {first[:200]}; fix it and restart every process "
-            f"with --resume to continue from the last checkpoint"
-        ) from e
+        raise peer_lost(e) from e
     nonzero = [int(v) for v in np.ravel(got) if v]
     return nonzero[0] if nonzero else None
+
+
+def peer_lost(err):
+    """The :class:`PeerError` for a collective that failed in a multi-process run."""
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return PeerError(
+        f"process {jax.process_index()} of {jax.process_count()}: a collective failed, most "
+        f"likely because another process died or was stopped, or left after an error "
+        f"({first[:200]}); restart every process with --resume to continue from the last "
+        f"checkpoint"
+    )
 
 
 def _wait_for_port(host, port, timeout, process_id, num_processes):

@@ -44,7 +44,7 @@ from jax.sharding import PartitionSpec as P
 
 from jbp import epoch as engine
 from jbp.collectives import AXIS, psum_flat, sharded_grad  # noqa: F401 - re-exported
-from jbp.distributed import PeerError, is_writer, setup  # noqa: F401 - re-exported
+from jbp.distributed import PeerError, is_writer, peer_lost, setup  # noqa: F401 - re-exported
 from jbp.util import choice, integer
 
 MODES = ("shard_map", "pmap")
@@ -282,9 +282,4 @@ def _collective(program, args):
     try:
         return jax.block_until_ready(program(*args))
     except Exception as e:
-        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PeerError(
-            f"process {jax.process_index()} of {jax.process_count()}: a collective failed, "
-            f"most likely because another process died or was stopped ({first_line}); "
-            f"restart every process with --resume to continue from the last checkpoint"
-        ) from e
+        raise peer_lost(e) from e
