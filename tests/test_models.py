@@ -88,3 +88,58 @@ def test_train_a_cnn_and_a_users_model_from_the_command_line(tmp_path):
 def test_bad_models_exit_2(args, message):
     r = _train(*args, "--epochs", "1")
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+BN_DROPOUT_CNN = (
+    "import jbp\n"
+    "def model(in_shape, n_classes):\n"
+    "    return jbp.models.cnn(in_shape, n_classes, batchnorm=True, dropout=0.25,\n"
+    "                          width=(4, 8, 16))\n"
+)
+
+
+def test_a_batchnorm_dropout_cnn_stopped_by_sigint_resumes_bit_identically(
+    tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C between two epochs of a BatchNorm + Dropout CNN, then --resume: the same run.
+
+    The parameters and the test loss (evaluated with the running statistics, so the model
+    state too) equal those of a run never stopped, bit for bit.
+    """
+    import os
+    import signal
+
+    from jbp import cli, run
+
+    (tmp_path / "bn.py").write_text(BN_DROPOUT_CNN)
+    argv = ["train", "--data", "digits", "--model", f"{tmp_path / 'bn.py'}:model", "--quiet"]
+    argv += ["--epochs", "3", "--batch-size", "64", "--lr", "3e-3", "--json"]
+
+    def last(out):
+        return json.loads(out.strip().splitlines()[-1])
+
+    assert cli.main([*argv, "--compile-cache", "off"]) == 0
+    whole = last(capsys.readouterr().out)
+    after_epoch = run.Run.after_epoch
+
+    def interrupted(self, state, record):
+        after_epoch(self, state, record)
+        if record["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would, between two epochs
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(run.Run, "after_epoch", interrupted)
+    out = tmp_path / "run"
+    try:
+        rc = cli.main([*argv, "--out", str(out), "--compile-cache", "off"])
+    finally:
+        for s, h in handlers.items():  # a stopped jbp train keeps acknowledging signals
+            signal.signal(s, h)
+    o, err = capsys.readouterr()
+    assert rc == 130 and last(o)["epoch"] == 1, err
+    monkeypatch.undo()
+    assert cli.main([*argv, "--out", str(out), "--resume", "--compile-cache", "off"]) == 0
+    resumed = last(capsys.readouterr().out)
+    assert resumed["epoch"] == 3
+    assert resumed["params_sha256"] == whole["params_sha256"]
+    assert resumed["test_loss"] == whole["test_loss"]
