@@ -118,7 +118,7 @@ def test_a_batchnorm_dropout_cnn_stopped_by_sigint_resumes_bit_identically(
     def last(out):
         return json.loads(out.strip().splitlines()[-1])
 
-    assert cli.main([*argv, "--compile-cache", "off"]) == 0
+    assert cli.main([*argv, "--out", str(tmp_path / "whole")]) == 0
     whole = last(capsys.readouterr().out)
     after_epoch = run.Run.after_epoch
 
@@ -131,14 +131,14 @@ def test_a_batchnorm_dropout_cnn_stopped_by_sigint_resumes_bit_identically(
     monkeypatch.setattr(run.Run, "after_epoch", interrupted)
     out = tmp_path / "run"
     try:
-        rc = cli.main([*argv, "--out", str(out), "--compile-cache", "off"])
+        rc = cli.main([*argv, "--out", str(out)])
     finally:
         for s, h in handlers.items():  # a stopped jbp train keeps acknowledging signals
             signal.signal(s, h)
     o, err = capsys.readouterr()
     assert rc == 130 and last(o)["epoch"] == 1, err
     monkeypatch.undo()
-    assert cli.main([*argv, "--out", str(out), "--resume", "--compile-cache", "off"]) == 0
+    assert cli.main([*argv, "--out", str(out), "--resume"]) == 0
     resumed = last(capsys.readouterr().out)
     assert resumed["epoch"] == 3
     assert resumed["params_sha256"] == whole["params_sha256"]
