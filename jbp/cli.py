@@ -259,7 +259,7 @@ def _run_command(argv, prog):
         args.argv = argv  # to print the resume command
         return COMMANDS[args.command](args)
     except UsageError as e:
-        print(_one_line(e if str(e).startswith("jbp") else f"error: {e}"), file=sys.stderr)
+        print(_one_line(e if str(e).startswith("jbp") else f"jbp: error: {e}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except PathError as e:  # --out a file, not writable, in use: before any work
         print(_one_line(f"{prog}: {e}"), file=sys.stderr)

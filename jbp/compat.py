@@ -96,15 +96,61 @@ def state_differences(stored, expected):
 
 
 def config_differences(stored, expected):
-    """What differs between a stored run config and this run's (``IGNORED_CONFIG`` aside)."""
+    """What differs between a stored run config and this run's (``IGNORED_CONFIG`` aside).
+
+    Two spellings of one run are equal (:func:`canonical`): ``ADAM`` and ``adam``, ``b1=0.9``
+    (adam's default) and no ``b1``, ``base=1`` and ``base=1.0``.
+    """
+    stored_c, expected_c = canonical(stored), canonical(expected)
     diffs = []
     for k in sorted(set(stored) | set(expected)):
         if k in IGNORED_CONFIG:
             continue
-        a, b = stored.get(k, "(not set)"), expected.get(k, "(not set)")
+        a, b = stored_c.get(k, "(not set)"), expected_c.get(k, "(not set)")
         if json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+            a, b = stored.get(k, "(not set)"), expected.get(k, "(not set)")  # as recorded
             diffs.append(f"{k}: checkpoint {_fmt(a)}, this run {_fmt(b)}")
     return diffs
+
+
+#: run-config keys of a named function and of its options (see jbp.config.compat_key)
+_SPECS = (("optimizer", "hparams"), ("schedule", "schedule_params"))
+
+
+def canonical(config):
+    """A run config with the spellings of one run made equal, for comparing.
+
+    The optimizer and schedule names as their registries spell them, their options without
+    those equal to the function's default, and numbers (not bools) as floats.
+    """
+    from jbp import optim, options, schedules
+
+    out = dict(config)
+    for (name_key, opts_key), registry in zip(
+        _SPECS, (optim.BUILDERS, schedules.BUILDERS), strict=True
+    ):
+        name, opts = out.get(name_key), out.get(opts_key)
+        if not isinstance(name, str):
+            continue
+        try:
+            out[name_key], fn = options.lookup(name_key, name, registry)
+        except options.OptionError:  # another jbp's name: compared as recorded
+            continue
+        if isinstance(opts, dict):
+            listed = options.defaults(fn)
+            given = {k: _number(v) for k, v in opts.items()}
+            out[opts_key] = {
+                k: v for k, v in given.items() if k not in listed or v != _number(listed[k])
+            }
+    return out
+
+
+def _number(v):
+    if isinstance(v, (list, tuple)):
+        return [_number(x) for x in v]
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    return v
 
 
 def _fmt(v):

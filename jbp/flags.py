@@ -122,7 +122,7 @@ def _add_optimizer_args(g):
         + " (default constant), e.g. staircase:factor=0.5,every_epochs=10",
     )
     for dest in ALIASES:  # one release more, then gone
-        flag = "--" + dest.replace("_", "-")
+        flag = _alias_flag(dest)
         if dest == "bias_correction":
             g.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
         else:
@@ -223,8 +223,8 @@ def _spec(args, kind):
 
     text = getattr(args, kind)
     name, opts = options.parse_spec(text, f"--{kind}") if text else (None, {})
-    aliases = {
-        key: getattr(args, dest)
+    aliases = {  # option key -> (the old flag as typed, its value)
+        key: (_alias_flag(dest), getattr(args, dest))
         for dest, (k, key) in ALIASES.items()
         if k == kind and getattr(args, dest) not in (None, False)
     }
@@ -234,16 +234,26 @@ def _spec(args, kind):
     else:
         lookup_name = name or "constant"
         if aliases and name is None:
-            raise UsageError(f"{', '.join(aliases)} need --schedule NAME")
+            flags = ", ".join(flag for flag, _ in aliases.values())
+            raise UsageError(f"{flags} need{'s' if len(aliases) == 1 else ''} --schedule NAME")
         keys = schedules.options(lookup_name)
-    for key, raw in aliases.items():
-        opts.setdefault(key, raw if isinstance(raw, bool) else _alias_value(kind, key, raw))
     opts = options.expand_keys(kind, lookup_name, opts, keys)
+    for key, (flag, raw) in aliases.items():
+        if key in opts:
+            raise UsageError(f"{key} is given twice: in --{kind} {text!r} and as {flag}")
+        opts[key] = raw if isinstance(raw, bool) else options.parse_value(flag, raw)
+    opts = options.expand_keys(kind, lookup_name, opts, keys)  # an alias the name doesn't take
+    registry = optim.BUILDERS if kind == "optimizer" else schedules.BUILDERS
     if opts and name is None:
         name = lookup_name
-    registry = optim.BUILDERS if kind == "optimizer" else schedules.BUILDERS
+    if name is not None:  # as the registry spells it: ADAM, inverse_time -> adam, inverse-time
+        name = options.lookup(kind, name, registry)[0]
     listed = options.defaults(options.lookup(kind, lookup_name, registry)[1])
     return name, tuple((k, _as_listed(v, listed.get(k))) for k, v in opts.items())
+
+
+def _alias_flag(dest):
+    return "--" + dest.replace("_", "-")
 
 
 def _as_listed(v, default):
@@ -251,11 +261,6 @@ def _as_listed(v, default):
     if isinstance(v, list):
         return tuple(v)
     return (v,) if isinstance(default, (tuple, list)) else v
-
-
-def _alias_value(kind, key, text):
-    _, parsed = options.parse_spec(f"x:{key}={text}", f"--{key}")
-    return parsed[key]
 
 
 def _batch_size(text):

@@ -84,6 +84,13 @@ def parse_spec(text, flag="--option"):
 
 
 def _literal(flag, key, value, text):
+    v = _number_or_bool(value)
+    if v is None:
+        raise OptionError(f"{flag}: {key}={value!r} is not a number or true/false, in {text!r}")
+    return v
+
+
+def _number_or_bool(value):
     low = value.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -92,7 +99,18 @@ def _literal(flag, key, value, text):
             return convert(value)
         except ValueError:
             pass
-    raise OptionError(f"{flag}: {key}={value!r} is not a number or true/false, in {text!r}")
+    return None
+
+
+def parse_value(flag, text):
+    """One flag's value, ``"0.9"`` or a list ``"10,20"``, as :func:`parse_spec` reads values."""
+    items = [item.strip() for item in str(text).split(",")]
+    values = [_number_or_bool(item) for item in items]
+    for item, v in zip(items, values, strict=True):
+        if v is None:
+            what = f"{item!r} in {text!r}" if len(items) > 1 else repr(item)
+            raise OptionError(f"{flag}: {what} is not a number or true/false")
+    return values[0] if len(values) == 1 else values
 
 
 def expand_keys(kind, name, options, keys):

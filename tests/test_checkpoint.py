@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import pytest
 
 import jbp
-from jbp import checkpoint, cli, optim, schedules, train
+from jbp import checkpoint, cli, compat, optim, schedules, train
 from jbp.data import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -552,3 +552,30 @@ def test_cli_patience_run_interrupted_and_resumed_stops_like_one_never_stopped(
     rc, o, _ = _run_cli(capsys, *PATIENCE, "--out", str(out), "--resume")
     assert rc == 0 and _last_json(o)["params_sha256"] == whole["params_sha256"]
     assert _epochs(out) == list(range(1, whole["epoch"] + 1))
+
+
+def test_two_spellings_of_one_run_resume_and_a_real_difference_is_refused(tmp_path, capsys):
+    """``ADAM`` is ``adam``, ``b1=0.9`` is adam's default, ``base=1`` is ``base=1.0``."""
+    out = str(tmp_path / "run")
+    base = ["--data", "digits", "--epochs", "1", "--out", out, "--compile-cache", "off"]
+    rc, _, err = _run_cli(capsys, *base, "--schedule", "exponential:base=1")
+    assert rc == 0, err
+    for n, spelling in enumerate(
+        (
+            ["--optimizer", "ADAM", "--schedule", "EXPONENTIAL:base=1.0"],
+            ["--optimizer", "adam:b1=0.9,b2=0.999", "--schedule", "exponential:base=1"],
+        ),
+        start=2,
+    ):
+        rc, o, err = _run_cli(capsys, *base, "--resume", *spelling, "--epochs", str(n), "--json")
+        assert rc == 0 and _last_json(o)["epoch"] == n, err
+    rc, _, err = _run_cli(
+        capsys, *base, "--resume", "--optimizer", "adam:b1=0.5", "--schedule", "exponential:base=1"
+    )
+    assert (
+        rc == 2 and 'hparams: checkpoint {"b1": 0.9, "b2": 0.999}, this run {"b1": 0.5}' in err
+    ), err
+    assert compat.canonical({"optimizer": "RMSprop", "hparams": {"beta": 0.9, "eps": 1}}) == {
+        "optimizer": "rmsprop",
+        "hparams": {"eps": 1.0},
+    }

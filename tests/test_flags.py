@@ -44,7 +44,10 @@ def test_specs_train_exactly_as_the_alias_flags(capsys):
         (["--optimizer", "adam:b1=high"], "b1='high' is not a number"),
         (["--optimizer", "adam:b1=1.5"], "b1 must be in [0, 1), got b1=1.5"),
         (["--schedule", "cosine:k=1"], "unknown schedule 'cosine'; valid names: constant"),
-        (["--factor", "0.5"], "factor need --schedule NAME"),
+        (["--factor", "0.5"], "--factor needs --schedule NAME"),
+        (["--beta1", "abc"], "--beta1: 'abc' is not a number or true/false"),
+        (["--optimizer", "adam:b1=0.5", "--beta1", "0.8"], "b1 is given twice"),
+        (["--schedule", "staircase:every=4", "--every", "2"], "every_epochs is given twice"),
         (
             ["--schedule", "piecewise:boundaries=2,values=0.5,0.1,0.01"],
             "one value (the lr after it) per boundary",
