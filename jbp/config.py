@@ -160,9 +160,25 @@ def resolve(config: RunConfig) -> RunConfig:
             layers=config.layers if config.layers is not None else (None, *p.hidden, None),
             activation=config.activation or p.activation,
             output=config.output or p.output,
-            cost=config.cost or p.cost,
+            cost=config.cost or _cost_for(config.output, p.cost),
         )
     return dataclasses.replace(config, **fill)
+
+
+def _cost_for(output, preset_cost):
+    """The preset's cost, unless an ``output`` given instead of the preset's needs another.
+
+    ``--data moons --output softmax`` trains with cross-entropy, not the preset's binary
+    cross-entropy (made for its sigmoid output); squared error fits every output.
+    """
+    if output is None:
+        return preset_cost
+    from jbp.losses import COSTS
+
+    if preset_cost in COSTS and output in COSTS[preset_cost][3]:
+        return preset_cost
+    made_for = [name for name, spec in COSTS.items() if spec[3] == (output,)]
+    return made_for[0] if made_for else "squared_error"
 
 
 #: keys of :func:`compat_key` that may differ on resume: the target (resuming to a later

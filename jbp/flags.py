@@ -290,6 +290,8 @@ def to_argv(c: config.RunConfig) -> list:
         if f.name == "divergence_threshold" and v is None and v != default.divergence_threshold:
             argv += ["--divergence-threshold", "off"]
             continue
+        if f.name in ("optimizer", "schedule") and v is None and getattr(c, f.name + "_options"):
+            v = getattr(config.resolve(c), f.name)  # options of the preset's optimizer
         if f.name.endswith("_options") or v == getattr(default, f.name) or v is None:
             continue
         if f.name in ("optimizer", "schedule"):

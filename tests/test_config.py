@@ -112,3 +112,19 @@ def test_ranges_and_the_divergence_threshold():
     assert "divergence_threshold" not in config.compat_key(
         RunConfig(), recipe.build(RunConfig(layers=(None, 8, None))).model
     )
+
+
+@pytest.mark.parametrize(
+    "data, output, cost",
+    [
+        ("moons", "softmax", "cross_entropy"),  # the preset's binary cross-entropy needs sigmoid
+        ("digits", "sigmoid", "binary_cross_entropy"),
+        ("digits", "identity", "squared_error"),
+        ("digits", None, "cross_entropy"),  # the preset's pair
+        ("moons", None, "binary_cross_entropy"),
+    ],
+)
+def test_an_output_given_without_a_cost_gets_one_that_fits(data, output, cost):
+    assert config.resolve(config.RunConfig(data=data, output=output)).cost == cost
+    given = config.RunConfig(data=data, output=output, cost="squared_error")
+    assert config.resolve(given).cost == "squared_error"  # a given cost always wins

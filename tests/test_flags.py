@@ -93,3 +93,12 @@ def test_the_divergence_threshold_flag():
     for c in (cfg("--divergence-threshold", "off"), cfg("--divergence-threshold", "50")):
         assert flags.run_config(flags.train_parser().parse_args(flags.to_argv(c))) == c
     assert flags.to_argv(cfg("--divergence-threshold", "off")) == ["--divergence-threshold", "off"]
+
+
+def test_to_argv_keeps_options_of_the_presets_optimizer():
+    c = config.RunConfig(optimizer_options=(("b2", 0.99),))
+    argv = flags.to_argv(c)
+    assert argv == ["--optimizer", "adam:b2=0.99"]
+    assert flags.run_config(flags.train_parser().parse_args(argv)).optimizer_options == (
+        ("b2", 0.99),
+    )
