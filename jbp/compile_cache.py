@@ -49,8 +49,13 @@ def default_dir() -> Path:
 
 
 def resolve(choice=None):
-    """The cache folder to use (``None``: disabled) from a flag value and the environment."""
-    for value in (choice, os.environ.get(ENV), os.environ.get("JAX_COMPILATION_CACHE_DIR")):
+    """The cache folder to use (``None``: disabled) from a flag value and the environment.
+
+    An empty environment variable counts as unset (as JAX reads its own); an empty flag
+    value, like ``off``, disables the cache.
+    """
+    env = [os.environ.get(name, "").strip() for name in (ENV, "JAX_COMPILATION_CACHE_DIR")]
+    for value in (choice, *[v or None for v in env]):
         if value is not None:
             return None if str(value).strip().lower() in OFF else Path(value).expanduser()
     return default_dir()
@@ -68,7 +73,7 @@ def enable(path=None, *, quiet=False):
 
     folder = resolve(path)
     if folder is None:
-        return None
+        return _disable(jax)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if not os.access(folder, os.W_OK | os.X_OK):
@@ -79,30 +84,47 @@ def enable(path=None, *, quiet=False):
                 f"jbp: compilation cache {folder}: {e.strerror or e}; running without it",
                 file=sys.stderr,
             )
-        return None
+        return _disable(jax)
+    jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
-    _fold_warnings()
+    _fold_warnings(folder)
     return folder
 
 
-def _fold_warnings():
-    """JAX's warning for a damaged entry is long; show it once, as one line."""
-    warnings.filterwarnings("once", message="Error reading persistent compilation cache entry")
+def _disable(jax):
+    """Off, also when JAX's own ``JAX_COMPILATION_CACHE_DIR`` would turn its cache on."""
+    jax.config.update("jax_enable_compilation_cache", False)
+    return None
+
+
+_DAMAGED = "Error reading persistent compilation cache entry"
+_reported = []  # the folders whose damaged entries this process has reported
+
+
+def _fold_warnings(folder):
+    """JAX warns once per damaged entry, at length; say it once per run, in one line.
+
+    JAX never rewrites an entry it could not read, so the line says how to clear it.
+    """
+    warnings.filterwarnings("once", message=_DAMAGED)
     previous = warnings.showwarning
     if getattr(previous, "_jbp", False):
         return
 
     def show(message, category, filename, lineno, file=None, line=None):
         text = str(message)
-        if text.startswith("Error reading persistent compilation cache entry"):
-            print(
-                "jbp: a damaged compilation cache entry was ignored (compiled afresh): "
-                + text.split(": ", 1)[-1].splitlines()[0][:200],
-                file=sys.stderr,
-            )
+        if text.startswith(_DAMAGED):
+            if folder not in _reported:
+                _reported.append(folder)
+                print(
+                    "jbp: a damaged compilation cache entry was ignored (compiled afresh; "
+                    f"delete {folder} to clear it): "
+                    + text.split(": ", 1)[-1].splitlines()[0][:160],
+                    file=sys.stderr,
+                )
             return
         previous(message, category, filename, lineno, file, line)
 

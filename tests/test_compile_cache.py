@@ -1,6 +1,7 @@
 """jbp.compile_cache: a second process reuses the compiled programs; damage is never fatal."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -17,9 +18,9 @@ print(json.dumps({"hits": hits.hits, "misses": hits.misses,
 """
 
 
-def _run(cache):
+def _run(cache, **env):
     r = subprocess.run([sys.executable, "-c", SCRIPT, str(cache)], capture_output=True,
-                       text=True, timeout=300)  # fmt: skip
+                       text=True, timeout=300, env={**os.environ, **env})  # fmt: skip
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
 
@@ -41,6 +42,15 @@ def test_a_damaged_cache_entry_is_compiled_afresh(tmp_path):
     again, err = _run(tmp_path)
     assert again["sha"] == first["sha"]
     assert "damaged compilation cache entry was ignored" in err and "Traceback" not in err
+    assert err.count("damaged compilation cache entry") == 1, err  # one line, not one per entry
+    assert f"delete {tmp_path} to clear it" in err
+
+
+def test_off_is_off_even_where_jax_would_turn_its_own_cache_on(tmp_path):
+    filled, _ = _run(tmp_path)
+    assert filled["misses"] > 0
+    off, _ = _run("off", JAX_COMPILATION_CACHE_DIR=str(tmp_path))
+    assert (off["hits"], off["misses"]) == (0, 0) and off["sha"] == filled["sha"]
 
 
 def test_where_the_cache_goes(tmp_path, monkeypatch):
@@ -56,6 +66,10 @@ def test_where_the_cache_goes(tmp_path, monkeypatch):
         assert compile_cache.resolve(off) is None
     monkeypatch.setenv(compile_cache.ENV, "off")
     assert compile_cache.resolve() is None
+    monkeypatch.setenv(compile_cache.ENV, "")  # empty: unset, as JAX reads its own variable
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", " ")
+    if sys.platform.startswith("linux"):
+        assert compile_cache.resolve() == tmp_path / "xdg" / "jbp" / "jax"
 
 
 def test_an_unwritable_cache_folder_runs_without_it(tmp_path, capsys):
