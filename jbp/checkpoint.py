@@ -90,6 +90,7 @@ class Restored(NamedTuple):
     state: object  # the restored state
     step: int  # the checkpoint used (its name: the epoch it was saved after)
     skipped: list  # [(step, reason, moved_to)] newer checkpoints that could not be read
+    best: object = None  # early stopping's best-so-far saved with it (None: none saved)
 
 
 class CheckpointDir:
@@ -186,6 +187,7 @@ class CheckpointDir:
         for step in reversed(steps):
             try:
                 state = restore(self.path(step), like, config=config)
+                best = restore_best(self.path(step), like)  # a damaged best/: unreadable too
             except CheckpointCorrupt as e:
                 bad.append((step, str(e)))
                 continue
@@ -193,7 +195,7 @@ class CheckpointDir:
             for s, reason in bad:
                 moved = self._set_aside(s) if set_aside else None
                 skipped.append((s, reason, moved))
-            return Restored(state, step, skipped)
+            return Restored(state, step, skipped, best)
         raise CheckpointCorrupt(
             f"no checkpoint in {self.directory} can be read (left in place): "
             + "; ".join(reason for _, reason in bad)

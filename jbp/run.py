@@ -86,7 +86,7 @@ class Run:
         latest = ", the latest readable checkpoint" if found.skipped else ""
         _say(f"resuming from {self.ckpts.path(found.step)} (epoch {found.step}{latest})")
         self.saved = found.step
-        self.best = checkpoint.restore_best(self.ckpts.path(found.step), like)
+        self.best = found.best
         return found.state
 
     def early_stopping(self, patience):

@@ -579,3 +579,21 @@ def test_two_spellings_of_one_run_resume_and_a_real_difference_is_refused(tmp_pa
         "optimizer": "rmsprop",
         "hparams": {"eps": 1.0},
     }
+
+
+def test_a_damaged_best_so_far_sets_its_checkpoint_aside_like_a_damaged_state(tmp_path, capsys):
+    argv = [*PATIENCE[:-5], "--patience", "5", "--json"]  # PATIENCE without its target
+    out = tmp_path / "run"
+    rc, _, err = _run_cli(capsys, *argv, "--epochs", "3", "--out", str(out))
+    assert rc == 0, err
+    best = out / "checkpoints" / "3" / "best"
+    files = [p for p in best.rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    for p in files:
+        p.write_bytes(p.read_bytes()[:20])
+    rc, o, err = _run_cli(capsys, *argv, "--epochs", "4", "--out", str(out), "--resume")
+    assert rc == 0, err
+    assert "skipped checkpoint 3" in err and "resuming from" in err and "(epoch 2" in err
+    assert (out / "checkpoints-unreadable" / "3" / "best").is_dir()  # set aside, not deleted
+    rc, ref, _ = _run_cli(capsys, *argv, "--epochs", "4")
+    assert _last_json(o)["params_sha256"] == _last_json(ref)["params_sha256"]
