@@ -113,6 +113,10 @@ def _report(args, r, state, history, out, stop):
         seconds=sum(rec["seconds"] for rec in history),
         params_sha256=train.params_sha256(state.params),
     )
+    early = out.early
+    if not history and early is not None and early.done(int(state.epoch)):
+        # resumed with a patience its run had already run out of: fit returned the best
+        final.update(early_stopped=True, best_epoch=early.best_epoch)
     if final.get("early_stopped"):  # the best epoch's parameters: their own test metrics
         loss, acc = r.model.evaluate(state.params, state.model_state, *_test(r.data, r.dtype))
         final["test_loss"], final["test_accuracy"] = float(loss), float(acc)

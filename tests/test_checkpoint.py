@@ -597,3 +597,18 @@ def test_a_damaged_best_so_far_sets_its_checkpoint_aside_like_a_damaged_state(tm
     assert (out / "checkpoints-unreadable" / "3" / "best").is_dir()  # set aside, not deleted
     rc, ref, _ = _run_cli(capsys, *argv, "--epochs", "4")
     assert _last_json(o)["params_sha256"] == _last_json(ref)["params_sha256"]
+
+
+def test_resuming_with_a_patience_already_run_out_reports_the_best_epochs_metrics(tmp_path, capsys):
+    rc, o, _ = _run_cli(capsys, *PATIENCE)  # patience 2: stops two epochs after its best
+    whole = _last_json(o)
+    assert rc == 0 and whole["early_stopped"]
+    out = str(tmp_path / "run")
+    target = ["--epochs", str(whole["epoch"])]
+    rc, _, err = _run_cli(capsys, *PATIENCE, "--patience", "40", *target, "--out", out)
+    assert rc == 0, err  # the same epochs, never stopped early
+    rc, o, err = _run_cli(capsys, *PATIENCE, "--out", out, "--resume")
+    resumed = _last_json(o)
+    assert rc == 0, err
+    for k in ("epoch", "early_stopped", "best_epoch", "params_sha256", "test_accuracy"):
+        assert resumed[k] == whole[k], k
