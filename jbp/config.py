@@ -211,8 +211,20 @@ def compat_key(config: RunConfig, model) -> dict:
         "schedule": c.schedule,
         "schedule_params": {k: _plain(v) for k, v in c.schedule_options},
         "devices": c.devices or 1,
-        "parallel": c.parallel if c.devices else "none",
+        "parallel": _layout(c.devices or 1, c.parallel),
     }
+
+
+def _layout(devices, parallel):
+    """The recorded parallel mode: one device runs the plain program in either mode."""
+    return parallel if devices > 1 else "none"
+
+
+def relaid(stored, key):
+    """The :data:`RECORDED` keys whose stored values differ from this run's ``key``."""
+    if "devices" in stored and "parallel" in stored:
+        stored = {**stored, "parallel": _layout(stored["devices"], stored["parallel"])}
+    return [k for k in RECORDED if k in stored and stored[k] != key[k]]
 
 
 def _plain(v):

@@ -16,6 +16,7 @@ Every numeric flag is range-checked as it is parsed, and the message names the a
 
 import argparse
 import dataclasses
+import os
 
 from jbp import config, options
 from jbp.flag_types import (  # noqa: F401 - re-exported: the flags' types and errors
@@ -144,7 +145,9 @@ def _with_keys(name, keys):
 
 
 def _add_output_args(g):
-    g.add_argument("--out", help="directory for metrics.jsonl, plots and checkpoints")
+    g.add_argument(
+        "--out", type=os.path.expanduser, help="directory for metrics.jsonl, plots and checkpoints"
+    )
     g.add_argument(
         "--resume",
         action="store_true",

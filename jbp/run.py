@@ -110,13 +110,12 @@ class Run:
     def _warn_if_relaid(self, step):
         """Resuming on another device layout continues, but not bit-identically: say so."""
         stored = checkpoint.read_meta(self.ckpts.path(step)).get("config") or {}
-        for k in config.RECORDED:
-            if k in stored and stored[k] != self.key[k]:
-                _say(
-                    f"checkpoint {step} was saved with {k}={stored[k]}, this run has "
-                    f"{k}={self.key[k]}: it continues, but is not bit-identical to a run never "
-                    f"stopped (gradient shares are summed in another order)"
-                )
+        for k in config.relaid(stored, self.key):
+            _say(
+                f"checkpoint {step} was saved with {k}={stored[k]}, this run has "
+                f"{k}={self.key[k]}: it continues, but is not bit-identical to a run never "
+                f"stopped (gradient shares are summed in another order)"
+            )
 
     def after_epoch(self, state, record):
         """Log the epoch (metrics before checkpoint) and save every ``checkpoint_every``."""

@@ -128,3 +128,15 @@ def test_an_output_given_without_a_cost_gets_one_that_fits(data, output, cost):
     assert config.resolve(config.RunConfig(data=data, output=output)).cost == cost
     given = config.RunConfig(data=data, output=output, cost="squared_error")
     assert config.resolve(given).cost == "squared_error"  # a given cost always wins
+
+
+def test_one_device_is_the_plain_program_in_either_mode():
+    """--devices 1 runs the plain engine's program: resuming it without --devices, or in the
+    other mode, is bit-identical, so nothing is said; another device count is reported."""
+    r = recipe.build(RunConfig(data="digits", devices=1, parallel="pmap"))
+    key = config.compat_key(r.config, r.model)
+    assert (key["devices"], key["parallel"]) == (1, "none")
+    old = {**key, "parallel": "shard_map"}  # as checkpoints of --devices 1 recorded it
+    assert config.relaid(old, key) == []
+    two = {**key, "devices": 2, "parallel": "shard_map"}
+    assert config.relaid(two, key) == ["devices", "parallel"]

@@ -102,3 +102,8 @@ def test_to_argv_keeps_options_of_the_presets_optimizer():
     assert flags.run_config(flags.train_parser().parse_args(argv)).optimizer_options == (
         ("b2", 0.99),
     )
+
+
+def test_out_expands_the_home_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert flags.train_parser().parse_args(["--out", "~/run"]).out == str(tmp_path / "run")

@@ -9,6 +9,7 @@ library when it is built.
 """
 
 import json
+import os
 import sys
 
 import jbp.bench.report as report
@@ -36,7 +37,7 @@ def add_args(p):
     )
     p.add_argument("--examples", type=count("--examples"), help="training examples")
     p.add_argument("--repeats", type=count("--repeats"), help="timed epochs (best kept)")
-    p.add_argument("--out", help="directory for bench.json and bench.png")
+    p.add_argument("--out", type=os.path.expanduser, help="directory for bench.json and bench.png")
     p.add_argument("--bf16", action="store_true", help="bfloat16 parameters, data and matmuls")
     p.add_argument("--time-to-accuracy", action="store_true", help="also time Fashion-MNIST runs")
     p.add_argument(
