@@ -177,6 +177,10 @@ def train_parser(prog="jbp train"):
 
 def run_config(args) -> config.RunConfig:
     """The :class:`~jbp.config.RunConfig` that parsed ``jbp train`` flags describe."""
+    for name in ("optimizer", "schedule", "activation", "output", "cost", "model", "data"):
+        value = getattr(args, name, None)
+        if value is not None and not str(value).strip():  # "$UNSET": not the default
+            raise UsageError(f"--{name} needs a value, got {value!r}")
     opt, opt_opts = _spec(args, "optimizer")
     sched, sched_opts = _spec(args, "schedule")
     activation = args.activation

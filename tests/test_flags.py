@@ -45,6 +45,8 @@ def test_specs_train_exactly_as_the_alias_flags(capsys):
         (["--optimizer", "adam:b1=1.5"], "b1 must be in [0, 1), got b1=1.5"),
         (["--schedule", "cosine:k=1"], "unknown schedule 'cosine'; valid names: constant"),
         (["--factor", "0.5"], "--factor needs --schedule NAME"),
+        (["--optimizer", ""], "--optimizer needs a value, got ''"),
+        (["--activation", " "], "--activation needs a value"),
         (["--beta1", "abc"], "--beta1: 'abc' is not a number or true/false"),
         (["--optimizer", "adam:b1=0.5", "--beta1", "0.8"], "b1 is given twice"),
         (["--schedule", "staircase:every=4", "--every", "2"], "every_epochs is given twice"),
