@@ -26,7 +26,9 @@ import numpy as np
 from jbp.check_fd import fd_rows
 from jbp.check_report import Check, Row
 from jbp.check_trees import (
+    grad_scale,
     is_float,
+    leaf_diff,
     named,
     normal_like,
     param_name,
@@ -54,6 +56,7 @@ class LayerPoint:
     error: str | None  # what the backward raised
     rows: list
     kinks: list  # (leaf name, why) for the leaves whose difference quotients show a kink
+    scale: float = 0.0  # the largest reference gradient leaf's norm (see leaf_diff)
 
 
 @dataclasses.dataclass
@@ -107,7 +110,8 @@ def layer_point(layer, fns, p, x, rng, cotangents, dtype, autodiff_tol, fd_tol):
     dys = [normal_like(rng, y) for _ in range(cotangents)]
     refs = fns.vjps(p, x, dys)
     bwds, error = _backwards(layer, p, cache, dys)
-    rows, manual0 = _vjp_rows(p, x, bwds, refs)
+    scale = grad_scale(*refs)
+    rows, manual0 = _vjp_rows(p, x, bwds, refs, scale)
     keys = [("param", n) for n, _ in named(p, param_name)]
     keys += [("input", n) for n, _ in named(x, x_name)]
     fd = fd_rows(fns.y, (p, x), keys, manual0, dys[0], rng, dtype, fd_tol)
@@ -119,7 +123,7 @@ def layer_point(layer, fns, p, x, rng, cotangents, dtype, autodiff_tol, fd_tol):
         r.ok = _row_ok(r.rel_vjp, r.rel_fd, note, autodiff_tol, fd_tol)
         if kink:
             kinks.append((r.name, why))
-    return LayerPoint(p, x, y, cache, dys, refs, bwds, error, rows, kinks)
+    return LayerPoint(p, x, y, cache, dys, refs, bwds, error, rows, kinks, scale)
 
 
 def _backwards(layer, p, cache, dys):
@@ -134,7 +138,7 @@ def _backwards(layer, p, cache, dys):
         return None, f"raised {type(e).__name__}: {short(str(e))}"
 
 
-def _vjp_rows(p, x, bwds, refs):
+def _vjp_rows(p, x, bwds, refs, scale):
     """Rows with ``rel_vjp`` filled in, and ``{(kind, name): gradient}`` for the first dy."""
     rows, manual0 = [], {}
     for kind, tree, idx, namer in (("param", p, 0, param_name), ("input", x, 1, x_name)):
@@ -152,7 +156,7 @@ def _vjp_rows(p, x, bwds, refs):
             elif n not in per_k[0][0]:
                 rel, note = _NAN, "missing or wrong shape in backward output"
             else:
-                rel, note = max(rel_diff(g[n], r[n]) for g, r in per_k), ""
+                rel, note = max(leaf_diff(g[n], r[n], scale) for g, r in per_k), ""
             rows.append(Row(n, kind, tuple(leaves[n].shape), rel, _NAN, False, note))
     return rows, manual0
 
@@ -181,7 +185,7 @@ def model_point(fns, p, rng, dtype, autodiff_tol, fd_tol, impl_tol):
     names = [n for n, _ in named(p, param_name)]
     fd = fd_rows(fns.loss, p, names, manual, np.ones(()), rng, dtype, fd_tol)
     ref = dict(named(g_ref, param_name))
-    rows, kinks = _model_rows(p, manual, ref, fd, autodiff_tol, fd_tol)
+    rows, kinks = _model_rows(p, manual, ref, fd, autodiff_tol, fd_tol, grad_scale(g_ref))
     checks["all_vs_jax_grad"] = _all_at_once(p, manual, ref, problems, autodiff_tol)
     return ModelPoint(rows, kinks, checks)
 
@@ -197,14 +201,14 @@ def _raised(p, err):
     return ModelPoint(rows, [], {"structure": Check(False, err)})
 
 
-def _model_rows(p, manual, ref, fd, autodiff_tol, fd_tol):
+def _model_rows(p, manual, ref, fd, autodiff_tol, fd_tol, scale):
     rows, kinks, leaves = [], [], dict(named(p, param_name))
     for n, _ in named(p, param_name):
         if not is_float(leaves[n]):
             continue
         rel_fd, fd_note, kink, why = fd.get(n, (_NAN, "", False, ""))
         if n in manual:
-            rel, note = rel_diff(manual[n], ref[n]), fd_note
+            rel, note = leaf_diff(manual[n], ref[n], scale), fd_note
         else:
             rel, note = _NAN, "missing or wrong shape in loss_and_grad's grads"
         ok = _row_ok(rel, rel_fd, fd_note, autodiff_tol, fd_tol)

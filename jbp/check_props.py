@@ -31,12 +31,13 @@ import numpy as np
 
 from jbp.check_report import Check
 from jbp.check_trees import (
+    ZERO_ULPS,
     identical,
     is_float,
+    leaf_diff,
     like,
     named,
     param_name,
-    rel_diff,
     shape_leaves,
     shape_tree,
     short,
@@ -101,8 +102,13 @@ class _AtPoint:
     def __init__(self, layer, fns, pt):
         self.layer, self.fns = layer, fns
         self.p, self.x, self.cache, self.dys, self.bwds = pt.p, pt.x, pt.cache, pt.dys, pt.bwds
+        self.scale = pt.scale
         self.names = [("p", n) for n, v in named(pt.p, param_name) if is_float(v)]
         self.names += [("x", n) for n, v in named(pt.x, x_name) if is_float(v)]
+
+    def diff(self, a, b):
+        """Two gradients of one leaf compared (:func:`leaf_diff`: zero to rounding is 0)."""
+        return leaf_diff(a, b, self.scale)
 
     def bwd(self, dy):
         """The eager backward for cotangent ``dy``."""
@@ -133,7 +139,8 @@ def linear_in_dy(at, tol):
         l1, r1, r2 = (np.asarray(t[n], np.float64) for t in (lhs, g1, g2))
         num = np.linalg.norm(l1 - (a * r1 + b * r2))
         den = np.linalg.norm(l1) + abs(a) * np.linalg.norm(r1) + abs(b) * np.linalg.norm(r2)
-        v = 0.0 if den == 0 else float(num / den)
+        floor = ZERO_ULPS * np.finfo(np.asarray(lhs[n]).dtype).eps * at.scale
+        v = 0.0 if den <= floor else float(num / den)  # all three zero to rounding: equal
         if not v <= worst:
             worst, wn = v, n
     return Check(
@@ -173,7 +180,7 @@ def deterministic(at):
 def eager_vs_jit(at, tol):
     """The eager backward against the jitted forward+backward."""
     e, j = at.flat(at.bwds[0]), at.flat(at.fns.fwd_bwd(at.p, at.x, at.dys[0]))
-    worst, wn = worst_leaf(rel_diff, e, j, at.names)
+    worst, wn = worst_leaf(at.diff, e, j, at.names)
     return Check(worst < tol, f"forward+backward jitted vs eager: {worst:.3e}" + _where(wn))
 
 
@@ -185,7 +192,7 @@ def vmap_vs_loop(at, tol):
     worst, wn = 0.0, None
     for k, b in enumerate(at.bwds):
         vk = at.flat(jax.tree.map(lambda v, k=k: v[k], vb))
-        w, n = worst_leaf(rel_diff, vk, at.flat(b), at.names)
+        w, n = worst_leaf(at.diff, vk, at.flat(b), at.names)
         if not w <= worst:
             worst, wn = w, n
     return Check(
@@ -206,7 +213,7 @@ def batch_independent(at, tol):
         sums = dpi if sums is None else jax.tree.map(np.add, sums, dpi)
         parts.append(dxi)
     dx_cat = jax.tree.map(lambda *v: np.concatenate(v), *parts)
-    worst, wn = worst_leaf(rel_diff, at.flat((sums, dx_cat)), at.flat(at.bwds[0]), at.names)
+    worst, wn = worst_leaf(at.diff, at.flat((sums, dx_cat)), at.flat(at.bwds[0]), at.names)
     return Check(
         worst < tol,
         f"sum/concatenation of {m} one-example backwards vs the batch: {worst:.3e}" + _where(wn),

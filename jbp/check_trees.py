@@ -7,8 +7,9 @@
 - Random points are drawn in numpy from a Generator seeded by a JAX key, so drawing compiles
   nothing. A parameter point is moved away from its initial value, p + s·rms(p)·N(0, 1), so a
   backward that forgets a term vanishing at init (γ = 1, β = 0, zero biases) is still seen.
-- Comparisons: ``rel_diff(a, b) = ‖a − b‖₂/(‖a‖₂ + ‖b‖₂)`` (scale-free, 0 for two zeros),
-  bitwise identity, and the structure of a returned gradient against the tree it belongs to
+- Comparisons: ``rel_diff(a, b) = ‖a − b‖₂/(‖a‖₂ + ‖b‖₂)`` (scale-free, 0 for two zeros);
+  :func:`leaf_diff`, the same except that two leaves both zero to rounding compare equal
+  (a bias before a BatchNorm has gradient 0, computed as noise); bitwise identity, and the structure of a returned gradient against the tree it belongs to
   (each missing, extra, wrongly shaped or wrongly typed leaf named).
 """
 
@@ -22,6 +23,36 @@ from jbp.util import (
     key_name,
     rel_diff,  # noqa: F401 - re-exported
 )
+
+#: two gradient leaves whose norms add up to less than this many epsilons (of their dtype)
+#: times the largest gradient leaf's norm are both zero to rounding
+ZERO_ULPS = 256
+
+
+def grad_scale(*trees):
+    """The largest norm (float64) of the floating leaves of ``trees``: gradients' scale."""
+    norms = [
+        float(np.linalg.norm(np.ravel(np.asarray(v, np.float64))))
+        for t in trees
+        for v in jax.tree.leaves(t)
+        if is_float(v)
+    ]
+    return max(norms, default=0.0)
+
+
+def leaf_diff(a, b, scale):
+    """:func:`rel_diff`, or 0 when ‖a‖ + ‖b‖ < ``ZERO_ULPS``·eps·``scale``: both are zero to
+    rounding, whose relative difference means nothing (scale: :func:`grad_scale`)."""
+    a, b = np.asarray(a), np.asarray(b)
+    eps = max(_eps(a), _eps(b))
+    norm = np.linalg.norm(np.ravel(a.astype(np.float64))) + np.linalg.norm(
+        np.ravel(b.astype(np.float64))
+    )
+    return 0.0 if norm < ZERO_ULPS * eps * scale else rel_diff(a, b)
+
+
+def _eps(a):
+    return float(np.finfo(a.dtype).eps) if np.issubdtype(a.dtype, np.floating) else 0.0
 
 
 def enable_x64():

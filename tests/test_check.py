@@ -623,3 +623,29 @@ def test_jbp_layers_and_combinators_pass():
 def test_rel_diff():
     assert rel_diff(np.zeros(3), np.zeros(3)) == 0.0
     assert rel_diff([1.0, 0.0], [-1.0, 0.0]) == 1.0
+
+
+def test_a_gradient_that_is_zero_computed_as_noise_passes():
+    """A bias before BatchNorm has gradient exactly 0 (the batch mean takes it out); the
+    backward and jax.vjp each give rounding noise there, which is not a difference."""
+    import jbp
+
+    for layer, in_shape in (
+        (jbp.Sequential(jbp.Dense(8), jbp.BatchNorm()), (5,)),
+        (jbp.Sequential(jbp.Conv(2, 3, 1, "SAME"), jbp.BatchNorm()), (5, 5, 1)),
+    ):
+        rep = check_layer(layer, in_shape)
+        assert rep.ok, rep.table()
+    body = jbp.Sequential(jbp.Dense(8), jbp.BatchNorm(), jbp.Activation("relu"), jbp.Dense(3))
+    net = jbp.Network(body, "softmax_cross_entropy", in_shape=(5,))
+    r = np.random.default_rng(0)
+    rep = check_model(net, r.normal(size=(8, 5)), r.integers(0, 3, 8))
+    assert rep.ok, rep.table()
+    # a wrong gradient where the true one is zero is still caught
+    wrong = jbp.layer(
+        lambda key, s, dtype: ({"b": jnp.zeros(s, dtype)}, (), s),
+        lambda p, st, x, *, train, key: (x + p["b"] - jnp.mean(x + p["b"], 0), None, st),
+        lambda p, cache, dy: ({"b": 1e-9 * jnp.sum(dy, 0)}, dy - jnp.mean(dy, 0)),
+    )
+    rep = check_layer(wrong, (4,))
+    assert not rep.ok and "b" in rep.failures, rep.table()
