@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbp.layers import batch_axis
+from jbp.layers import batch_axis, split_axis
 
 AXIS = "batch"
 
@@ -53,8 +53,9 @@ def sharded_grad(g, axis_name=AXIS, *, coupled=True, n_dev=None):
         if coupled:
             with batch_axis(axis_name):
                 loss, grads, mstate = g(params, mstate, xb, yb, mb, key)
-        else:
-            loss, grads, mstate = g(params, mstate, xb, yb, mb, key)
+        else:  # the loss head and statistics stay per device; random draws see the split
+            with split_axis(axis_name):
+                loss, grads, mstate = g(params, mstate, xb, yb, mb, key)
         n = jnp.sum(mb)
         weigh = lambda t: n.astype(t.dtype) * t  # noqa: E731
         floats = [t for t in jax.tree.leaves(mstate) if jnp.issubdtype(t.dtype, jnp.inexact)]

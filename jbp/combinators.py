@@ -47,6 +47,8 @@ def _check_layers(kind, layers):
 
 
 class _Combinator(Layer):
+    whole_batch_draws = True  # the children decide (layers.call_forward)
+
     @property
     def batch_coupled(self):
         return any(getattr(c, "batch_coupled", False) for c in self.layers)

@@ -240,11 +240,12 @@ def make_epoch_on_batches(
     g = step_grad or grad_fn(model, backward)
     total = (lambda v: v) if axis_name is None else (lambda v: jax.lax.psum(v, axis_name))  # noqa: E731
     stochastic = bool(getattr(model, "stochastic", False))
+    whole_batch = bool(getattr(model, "whole_batch_draws", False))  # jbp layers: per layer
     train_step = _train_step(model, optimizer, g, stochastic, grad_norms, on_steps)
 
     def run(state, xb, yb, mb, x_test, y_test, source=None, masked=True):
         key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
-        if stochastic and axis_name is not None:  # each device its own draws
+        if stochastic and axis_name is not None and not whole_batch:  # each device its own
             sub = jax.random.fold_in(sub, jax.lax.axis_index(axis_name))
         carry = (state.params, state.opt_state, state.model_state, jnp.asarray(-1, jnp.int32),
                  state.step)  # fmt: skip

@@ -62,6 +62,11 @@ class Layer:
 
     batch_coupled = False
     stochastic = False
+    #: with the batch split over devices, a stochastic layer gets a key of its own on each
+    #: device; one that draws for the whole batch and keeps its block (Dropout: so N devices
+    #: draw the masks one device would) says ``whole_batch_draws = True`` and gets the same
+    #: key everywhere (combinators too: their children decide)
+    whole_batch_draws = False
 
     def init(self, key, in_shape, dtype=jnp.float32):
         raise NotImplementedError
@@ -78,7 +83,16 @@ class Layer:
 
 
 def call_forward(layer, params, state, x, *, train, key, mask=None):
-    """``layer.forward``, passing ``mask`` only to layers that couple examples."""
+    """``layer.forward``, passing ``mask`` only to layers that couple examples, and a key of
+    its own on each device to a stochastic layer that draws only for its device's rows."""
+    axis = current_split_axis()
+    if (
+        key is not None
+        and axis is not None
+        and getattr(layer, "stochastic", False)
+        and not getattr(layer, "whole_batch_draws", False)
+    ):
+        key = jax.random.fold_in(key, jax.lax.axis_index(axis))
     if getattr(layer, "batch_coupled", False):
         return layer.forward(params, state, x, train=train, key=key, mask=mask)
     return layer.forward(params, state, x, train=train, key=key)
@@ -94,18 +108,42 @@ def batch_axis(name):
     Batch-coupled layers (BatchNorm) read :func:`current_batch_axis` and sum their statistics
     over that axis (``lax.psum``), so N devices see the statistics of the whole batch, as one
     device would. ``jbp.parallel`` traces its epoch program inside ``batch_axis("batch")``.
+    Inside it :func:`split_axis` holds too.
     """
-    previous = getattr(_AXIS, "name", None)
-    _AXIS.name = name
+    with _set(_AXIS, "name", name), split_axis(name):
+        yield
+
+
+@contextlib.contextmanager
+def split_axis(name):
+    """While tracing inside it, the batch is split over ``name`` (statistics may stay local).
+
+    Stochastic layers read :func:`current_split_axis`: Dropout draws the whole batch's masks
+    and keeps its device's block; other stochastic layers get a key per device
+    (:func:`call_forward`).
+    """
+    with _set(_AXIS, "split", name):
+        yield
+
+
+@contextlib.contextmanager
+def _set(ns, attr, value):
+    previous = getattr(ns, attr, None)
+    setattr(ns, attr, value)
     try:
         yield
     finally:
-        _AXIS.name = previous
+        setattr(ns, attr, previous)
 
 
 def current_batch_axis():
-    """The mapped axis the batch is split over while tracing, or ``None`` (one device)."""
+    """The mapped axis the batch statistics are summed over while tracing, or ``None``."""
     return getattr(_AXIS, "name", None)
+
+
+def current_split_axis():
+    """The mapped axis the batch is split over while tracing, or ``None`` (one device)."""
+    return getattr(_AXIS, "split", None)
 
 
 def shape_tuple(shape, what="in_shape"):
@@ -331,6 +369,7 @@ class Dropout(Layer):
 
     rate: float = 0.5
     stochastic = True
+    whole_batch_draws = True
 
     def __post_init__(self):
         real("rate", self.rate, low=0, high=1, high_open=True, owner="Dropout")
@@ -343,9 +382,25 @@ class Dropout(Layer):
             return x, jnp.ones((), x.dtype), state
         if key is None:
             raise ValueError("Dropout in training needs a key (jbp.fit passes one per step)")
-        keep = jax.random.bernoulli(key, 1 - self.rate, x.shape)
+        keep = _whole_batch_bernoulli(key, 1 - self.rate, x.shape)
         scale = jnp.where(keep, 1 / (1 - self.rate), 0).astype(x.dtype)
         return x * scale, scale, state
 
     def backward(self, params, cache, dy):
         return (), dy * cache
+
+
+def _whole_batch_bernoulli(key, p, shape):
+    """Bernoulli(p) draws of ``shape``; with the batch split over devices (N blocks of
+    ``shape[0]`` rows), this device's block of the draws for all N·``shape[0]`` rows.
+
+    Every device gets the same key and draws the whole batch; JAX's counter-based generator
+    gives row r the same bits for any number of rows, so each example gets the mask it gets
+    on one device (``--devices N`` ≡ one device, up to the order of the gradient sums).
+    """
+    axis = current_split_axis()
+    if axis is None:
+        return jax.random.bernoulli(key, p, shape)
+    n = jax.lax.axis_size(axis)
+    full = jax.random.bernoulli(key, p, (n * shape[0], *shape[1:]))
+    return jax.lax.dynamic_slice_in_dim(full, jax.lax.axis_index(axis) * shape[0], shape[0])

@@ -101,6 +101,7 @@ class LayerModel:
     ``self.in_shape``); :class:`Network` and ``jbp.MLP`` are built on it."""
 
     backwards = BACKWARDS
+    whole_batch_draws = True  # its layers get their keys through layers.call_forward
 
     # -------------------------------------------------------------- structure
     @property

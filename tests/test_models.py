@@ -40,12 +40,25 @@ def test_a_batchnorm_dropout_cnn_resumes_bit_exactly(digits):
 
 
 def test_two_devices_give_the_one_device_test_loss_in_float32(digits):
-    net = jbp.models.cnn((8, 8, 1), 10, batchnorm=True, dropout=0.0, **SMALL)
+    """A BatchNorm + Dropout CNN: the statistics are global (psum) and each device keeps its
+    block of the whole batch's dropout masks, so 2 devices train as 1 does."""
+    net = jbp.models.cnn((8, 8, 1), 10, batchnorm=True, dropout=0.25, **SMALL)
     kw = dict(batch_size=40, epochs=2, key=jax.random.key(0), dtype=jnp.float32)
     _, one = jbp.fit(net, jbp.optim.adam(3e-3), digits, **kw)
     _, two = jbp.fit(net, jbp.optim.adam(3e-3), digits, devices=2, **kw)
     for a, b in zip(one, two, strict=True):
         assert b["test_loss"] == pytest.approx(a["test_loss"], abs=1e-5)
+
+
+def test_dropout_masks_do_not_depend_on_the_device_count(digits):
+    """float64, a ragged last batch (150 = 3·40 + 30), 3 devices (40 = 3·14 − 2 padded)."""
+    net = jbp.models.cnn((8, 8, 1), 10, dropout=0.5, **SMALL)
+    kw = dict(batch_size=40, epochs=2, key=jax.random.key(1), dtype=jnp.float64)
+    one, _ = jbp.fit(net, jbp.optim.adam(3e-3), digits, **kw)
+    for n in (2, 3):
+        many, _ = jbp.fit(net, jbp.optim.adam(3e-3), digits, devices=n, **kw)
+        for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(many.params), strict=True):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-9, atol=1e-12)
 
 
 def _train(*args, cwd=None):
