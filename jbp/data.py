@@ -233,8 +233,8 @@ def _read_pair(images_path: Path, labels_path: Path, max_classes: int | None, as
             )
     x = np.divide(images, np.float32(255), dtype=np.float32)
     if as_images:  # (n, rows, cols, 1): NHWC with one channel
-        return x.reshape(*images.shape[:3], -1), labels.astype(np.int32)
-    return x.reshape(len(images), -1), labels.astype(np.int32)
+        return x.reshape(*images.shape[:3], math.prod(images.shape[3:])), labels.astype(np.int32)
+    return x.reshape(len(images), math.prod(images.shape[1:])), labels.astype(np.int32)
 
 
 def load_idx_dir(

@@ -35,7 +35,12 @@ def load_data(config: config_mod.RunConfig):
     from jbp import data as data_mod
     from jbp import data_checks
 
-    ds = data_mod.load(config_mod.resolve(config).data)
+    c = config_mod.resolve(config)
+    images = not c.is_mlp and c.data != "moons"  # (n, rows, cols, 1): a model takes its shape
+    ds = data_mod.load(c.data, images=images)
+    for split, x in (("training", ds.x_train), ("test", ds.x_test)):
+        if len(x) == 0:
+            raise data_mod.DataError(f"data {c.data!r}: the {split} split is empty")
     data_checks.check_finite("train", ds.x_train, ds.y_train)
     data_checks.check_finite("test", ds.x_test, ds.y_test)
     return ds

@@ -3,6 +3,7 @@
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jbp import config, recipe
@@ -140,3 +141,20 @@ def test_one_device_is_the_plain_program_in_either_mode():
     assert config.relaid(old, key) == []
     two = {**key, "devices": 2, "parallel": "shard_map"}
     assert config.relaid(two, key) == ["devices", "parallel"]
+
+
+def test_a_model_gets_the_idx_files_image_shape_and_empty_splits_are_refused(tmp_path):
+    from test_data import fake_mnist, idx_bytes, write
+
+    from jbp.data import DataError
+
+    fake_mnist(tmp_path / "wide", n_train=6, n_test=3, rows=8, cols=18)  # not a square
+    r = recipe.build(RunConfig(data=f"idx:{tmp_path / 'wide'}", model="cnn", epochs=1))
+    assert r.model.in_shape == (8, 18, 1) and r.data.x_train.shape == (6, 8, 18, 1)
+    flat = recipe.build(RunConfig(data=f"idx:{tmp_path / 'wide'}", epochs=1))
+    assert flat.data.x_train.shape == (6, 144)  # the MLP's rows
+    fake_mnist(tmp_path / "empty")
+    write(tmp_path / "empty" / "train-images-idx3-ubyte", idx_bytes(np.zeros((0, 4, 3), "u1")))
+    write(tmp_path / "empty" / "train-labels-idx1-ubyte", idx_bytes(np.zeros((0,), "u1")))
+    with pytest.raises(DataError, match="the training split is empty"):
+        recipe.load_data(RunConfig(data=f"idx:{tmp_path / 'empty'}"))
