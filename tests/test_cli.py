@@ -163,7 +163,10 @@ BAD = [
     (["--layers", "64,0,10"], "--layers must be positive integers"),
     (["--layers", "32,30,10"], "--layers starts with 32 but data 'digits' has 64 input features"),
     (["--layers", "64,30,7"], "--layers ends with 7 but data 'digits' has 10 classes"),
-    (["--output", "sigmoid"], "cost 'cross_entropy' does not fit output 'sigmoid'"),
+    (
+        ["--output", "sigmoid", "--cost", "cross_entropy"],
+        "cost 'cross_entropy' does not fit output 'sigmoid'",
+    ),
     (["--beta", "1.0", "--optimizer", "momentum"], "beta must be in [0, 1), got beta=1.0"),
 ]
 
