@@ -19,6 +19,7 @@ Exit status (every failure is one line on standard error, never a traceback):
   (continue with ``--resume``).
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -93,7 +94,8 @@ def _train(args, stop):
     data = recipe.load_data(cfg)
     # Devices and the multi-process runtime must be set before anything else touches JAX.
     try:
-        distributed.setup(args.devices, args.coordinator, args.num_processes, args.process_id)
+        with _default_signals():  # waiting for peers in C++: a flag would never be looked at
+            distributed.setup(args.devices, args.coordinator, args.num_processes, args.process_id)
     except distributed.PeerError as e:
         _exit_peer_lost(e)
     import jax
@@ -122,6 +124,22 @@ def _exit_peer_lost(e):
     print(f"jbp train: {e}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(EXIT_PEER_LOST)  # skip JAX's exit barrier, which would wait for the dead peer
+
+
+@contextlib.contextmanager
+def _default_signals():
+    """SIGINT and SIGTERM end the process at once (nothing is trained or saved yet)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _SignalStop:

@@ -384,3 +384,22 @@ def test_an_error_in_one_process_ends_the_others_promptly(tmp_path):
     (rc0, _, err0), (rc1, _, err1) = results
     assert rc0 == 74 and "Traceback" not in err0, err0[-1500:]
     assert rc1 == 4 and "Traceback" not in err1, err1[-1500:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_waiting_for_the_peers_ends_the_process(tmp_path, sig):
+    """Nothing is trained yet, and the wait is in C++, where a flag would never be read."""
+    p = subprocess.Popen(
+        [*TRAIN, "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
+         "--process-id", "0", "--epochs", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(),
+    )  # fmt: skip
+    time.sleep(6)  # imports, data, then the wait for process 1, which never comes
+    assert p.poll() is None, p.communicate()
+    p.send_signal(sig)
+    try:
+        p.wait(timeout=10)
+    finally:
+        p.kill()
+    assert p.returncode == -sig
