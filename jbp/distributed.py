@@ -134,6 +134,8 @@ def initialize(coordinator, num_processes, process_id, *, bind=None, heartbeat_t
         # JAX's client aborts the whole process (a C++ fatal error) when it cannot connect;
         # waiting for the port first turns the common case into one clear message.
         _wait_for_port(host.strip("[]"), port, init_timeout, process_id, num_processes)
+    else:  # the runtime's server cannot take a port in use: it crashes (a segfault)
+        _check_port_free(bind, coordinator)
     global _STARTED
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -223,6 +225,24 @@ def peer_lost(err):
         f"({first[:200]}); restart every process with --resume to continue from the last "
         f"checkpoint"
     )
+
+
+def _check_port_free(bind, coordinator):
+    """``ValueError`` (bad input) when something already listens on the coordinator's port."""
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, int(port), 0, socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+            probe.bind(address)
+    except OSError as e:
+        raise ValueError(
+            f"--coordinator {coordinator}: process 0 cannot listen on {bind}: "
+            f"{e.strerror or e} (another run or program holds the port? choose another)"
+        ) from None
 
 
 def _wait_for_port(host, port, timeout, process_id, num_processes):

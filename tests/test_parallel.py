@@ -403,3 +403,18 @@ def test_a_signal_while_waiting_for_the_peers_ends_the_process(tmp_path, sig):
     finally:
         p.kill()
     assert p.returncode == -sig
+
+
+def test_a_coordinator_port_in_use_is_bad_input(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        r = subprocess.run(
+            [*TRAIN, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+             "--process-id", "0", "--epochs", "1"],
+            capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=120,
+        )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "cannot listen on" in r.stderr and "Address already in use" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
