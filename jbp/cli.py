@@ -20,6 +20,7 @@ Exit status (every failure is one line on standard error, never a traceback):
 """
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -98,6 +99,9 @@ def _train(args, stop):
             distributed.setup(args.devices, args.coordinator, args.num_processes, args.process_id)
     except distributed.PeerError as e:
         _exit_peer_lost(e)
+    distributed.agree_config(
+        {**dataclasses.asdict(cfg), "resume": args.resume, "out_given": bool(args.out)}
+    )
     import jax
 
     from jbp import compile_cache, run, train_command

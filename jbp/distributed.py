@@ -12,6 +12,7 @@ Reference: JAX docs, "Multi-process environments" (``jax.distributed.initialize`
 """
 
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -214,6 +215,57 @@ def agree_stop(signum):
         raise peer_lost(e) from e
     nonzero = [int(v) for v in np.ravel(got) if v]
     return nonzero[0] if nonzero else None
+
+
+def agree_config(fields):
+    """Refuse (``ValueError``, naming the flags) a run whose processes were given different
+    settings, right after they connect; nothing happens in a single-process run.
+
+    Each process posts ``fields`` (JSON-able) to the distributed runtime's key-value store and
+    reads every other one's: it works before any collective, whatever the device counts (a
+    collective between processes that disagree would hang or abort instead).
+    """
+    if not _STARTED:
+        return
+    from jax._src import distributed as jax_distributed
+
+    state = jax_distributed.global_state
+    me, n = state.process_id, state.num_processes
+    mine = {k: json.dumps(v, sort_keys=True, default=str) for k, v in fields.items()}
+    state.client.key_value_set(f"jbp/config/{me}", json.dumps(mine))
+    timeout_ms = int(_env_seconds("JBP_INIT_TIMEOUT", INIT_TIMEOUT) * 1000)
+    for other in (p for p in range(n) if p != me):
+        theirs = json.loads(state.client.blocking_key_value_get(f"jbp/config/{other}", timeout_ms))
+        differ = [k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+        if differ:
+            shown = "; ".join(
+                f"--{k.replace('_', '-')} {_shown(mine.get(k))} here, "
+                f"{_shown(theirs.get(k))} in process {other}"
+                for k in differ
+            )
+            _leave_together(state, me, n)
+            raise ValueError(
+                f"process {me} of {n}: the processes were started with different settings: "
+                f"{shown}; give every process the same flags (only --process-id differs)"
+            )
+
+
+def _shown(value):
+    return "(not given)" if value in (None, "null") else value
+
+
+def _leave_together(state, me, n):
+    """Every process sees a difference when any two differ; the coordinator (process 0) goes
+    last, after the others have said they are leaving (its exit ends the runtime, and a peer
+    still in it would abort with a C++ stack instead of its one line)."""
+    state.client.key_value_set(f"jbp/leaving/{me}", "1")
+    if me == 0:
+        for other in range(1, n):
+            try:
+                state.client.blocking_key_value_get(f"jbp/leaving/{other}", 10_000)
+            except Exception:  # noqa: BLE001 - gone already: nothing to wait for
+                pass
+        time.sleep(0.5)  # their exits
 
 
 def peer_lost(err):

@@ -418,3 +418,20 @@ def test_a_coordinator_port_in_use_is_bad_input(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "cannot listen on" in r.stderr and "Address already in use" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_processes_started_with_different_flags_are_refused_naming_them(tmp_path):
+    port = _free_port()
+    procs = []
+    for i, epochs in enumerate(("1", "3")):
+        flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+        with open(tmp_path / f"out{i}", "w") as out, open(tmp_path / f"err{i}", "w") as err:
+            cmd = [*TRAIN, "--epochs", epochs, *flags, "--process-id", str(i)]
+            procs.append(
+                subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT, env=_env())
+            )
+    results = _finish(procs, tmp_path, timeout=120)
+    for i, (rc, _, err) in enumerate(results):
+        assert rc == 2, err
+        assert "started with different settings: --epochs" in err and "Traceback" not in err
+        assert ("--epochs 1 here, 3 in process 1" if i == 0 else "--epochs 3 here, 1 in") in err
