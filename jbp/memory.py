@@ -76,13 +76,18 @@ def check_bytes(need, what, detail="", advice="use a smaller model"):
         )
 
 
-def check_fits(model, optimizer, dtype):
-    """Refuse a model whose parameters and optimizer state cannot fit (see the module)."""
+def check_fits(model, optimizer, dtype, copies=1):
+    """Refuse a model whose parameters and optimizer state cannot fit (see the module).
+
+    ``copies``: how many replicas share that memory (N simulated CPU devices all live in the
+    host's memory; accelerators each have their own, so 1 there).
+    """
     total, params = state_bytes(model, optimizer, dtype)
     itemsize = jax.numpy.dtype(dtype).itemsize
     n = params // itemsize
     detail = (
         f" ({n:,} parameters × {itemsize} bytes = {_fmt(params)}, and {_fmt(total - params)} "
-        f"of optimizer state)"
+        f"of optimizer state"
     )
-    check_bytes(total, "the parameters and optimizer state", detail)
+    detail += f"; × {copies} devices' replicas)" if copies > 1 else ")"
+    check_bytes(total * copies, "the parameters and optimizer state", detail)

@@ -70,7 +70,10 @@ def build(config: config_mod.RunConfig, *, data=None) -> Recipe:
     )
     lr = c.lr if schedules.options(c.schedule) == () else sched  # constant: a plain float
     optimizer = optim.get(c.optimizer, lr, **_kwargs(c.optimizer_options))
-    memory.check_fits(model, optimizer, dtype)
+    copies = 1  # simulated CPU devices each hold a replica, all in the host's memory
+    if c.devices and jax.default_backend() == "cpu":
+        copies = min(int(c.devices), jax.local_device_count())
+    memory.check_fits(model, optimizer, dtype, copies)
     return Recipe(model, optimizer, ds, batch_size, c.epochs, dtype, c)
 
 

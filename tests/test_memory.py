@@ -23,6 +23,8 @@ def test_a_model_that_cannot_fit_is_refused_with_the_estimate(monkeypatch):
                        r"9.0 kB, and 18.1 kB of optimizer state\), more than the 10.0 kB of "
                        r"available RAM"):  # fmt: skip
         memory.check_fits(net, jbp.optim.adam(1e-3), jnp.float32)
+    with pytest.raises(ValueError, match=r"need about 18.1 kB .*; × 2 devices' replicas\)"):
+        memory.check_fits(net, jbp.optim.sgd(0.1), jnp.float32, copies=2)  # 2 × 9.0 kB
 
 
 def test_available_memory_is_positive():
