@@ -42,11 +42,13 @@ layer's own eager ops, which the eager-vs-jit check needs) and a second check of
 layer reuses them.
 """
 
+import dataclasses
 import itertools
 import json
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jbp.check_fns import LayerFns, ModelFns
 from jbp.check_leaves import layer_point, model_point, redraw_kinks
@@ -140,13 +142,30 @@ def check_layer(
     """
     message = f"cotangents must be >= 1, got cotangents={cotangents}"
     cotangents = integer("cotangents", cotangents, message=message)
+    args = (layer, in_shape, batch, key, dtype, train, cotangents, x, params, state, redraws,
+            autodiff_tol, fd_tol, impl_tol)  # fmt: skip
     with enable_x64():
-        return _check_layer(layer, in_shape, batch, key, dtype, train, cotangents, x, params,
-                            state, redraws, autodiff_tol, fd_tol, impl_tol)  # fmt: skip
+        report = _check_layer(*args)
+        if train and getattr(layer, "batch_coupled", False) and report.batch >= 2:
+            # as a ragged last batch runs it: the last row is padding (mask 0)
+            mask = np.ones(report.batch, jnp.dtype(dtype))
+            mask[-1] = 0
+            report = _with_masked(report, _check_layer(*args, mask=mask))
+    return report
+
+
+def _with_masked(report, masked):
+    """One report of the unmasked and the masked check (its rows and checks marked so)."""
+    rows = [dataclasses.replace(r, name=f"{r.name} (masked)") for r in masked.rows]
+    checks = {f"{n} (masked)": c for n, c in masked.checks.items()}
+    notes = [*report.notes, "a batch-coupled layer: checked again with its last row masked out"]
+    return dataclasses.replace(
+        report, rows=report.rows + rows, checks={**report.checks, **checks}, notes=notes
+    )
 
 
 def _check_layer(layer, in_shape, batch, key, dtype, train, cotangents, x, params, state,
-                 redraws, autodiff_tol, fd_tol, impl_tol):  # fmt: skip
+                 redraws, autodiff_tol, fd_tol, impl_tol, mask=None):  # fmt: skip
     key = jax.random.PRNGKey(0) if key is None else key
     k_init, fkey = jax.random.split(key)  # fkey: forward, vjp, FD and backward share it
     shapes = shape_tree(in_shape)
@@ -155,7 +174,7 @@ def _check_layer(layer, in_shape, batch, key, dtype, train, cotangents, x, param
         batch = int(jax.tree.leaves(x)[0].shape[0])
     p_init, s_init, out_shape = layer.init(k_init, shapes, dtype)
     p_init = cast(p_init, dtype)
-    fns = LayerFns(layer, cast(s_init if state is None else state, dtype), fkey, train)
+    fns = LayerFns(layer, cast(s_init if state is None else state, dtype), fkey, train, mask)
     params = None if params is None else cast(params, dtype)
 
     def at(attempt):  # draw 0 takes given values as they are; later draws jitter them

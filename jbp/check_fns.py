@@ -32,58 +32,62 @@ def _unwrap(h):
     return h.obj if isinstance(h, _ById) else h
 
 
-def _forward(h, train, p, x, state, key):
-    return _unwrap(h).forward(p, state, x, train=train, key=key)
+def _forward(h, train, p, x, state, key, mask=None):
+    if mask is None:
+        return _unwrap(h).forward(p, state, x, train=train, key=key)
+    return _unwrap(h).forward(p, state, x, train=train, key=key, mask=mask)
 
 
 # Jitted with the layer and ``train`` static: a layer is hashable, so the compilations are
 # reused across checks of the same layer (redraws, grids, repeated tests).
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _y(h, train, P, state, key):
-    return _forward(h, train, *P, state, key)[0]
+def _y(h, train, P, state, key, mask):
+    return _forward(h, train, *P, state, key, mask)[0]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _vjps(h, train, p, x, state, key, dys):
-    _, vjp_fn = jax.vjp(lambda p, x: _forward(h, train, p, x, state, key)[0], p, x)
+def _vjps(h, train, p, x, state, key, mask, dys):
+    _, vjp_fn = jax.vjp(lambda p, x: _forward(h, train, p, x, state, key, mask)[0], p, x)
     return [vjp_fn(dy) for dy in dys]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _fwd_bwd(h, train, p, x, state, key, dy):
+def _fwd_bwd(h, train, p, x, state, key, mask, dy):
     """Forward then backward in one program, as a jitted training step runs them."""
-    return _unwrap(h).backward(p, _forward(h, train, p, x, state, key)[1], dy)
+    return _unwrap(h).backward(p, _forward(h, train, p, x, state, key, mask)[1], dy)
 
 
 class LayerFns:
-    """The layer's functions at a fixed state, train flag and key."""
+    """The layer's functions at a fixed state, train flag, key and (batch-coupled layers)
+    mask of the real rows (``None``: every row real, as in a full batch)."""
 
-    def __init__(self, layer, state, fkey, train):
+    def __init__(self, layer, state, fkey, train, mask=None):
         try:
             hash(layer)
             self.h = layer
         except TypeError:
             self.h = _ById(layer)
         self.layer, self.state, self.fkey, self.train = layer, state, fkey, train
+        self.mask = mask
 
     def forward(self, p, x):  # eager
-        return _forward(self.h, self.train, p, x, self.state, self.fkey)
+        return _forward(self.h, self.train, p, x, self.state, self.fkey, self.mask)
 
     def y(self, P):
         """The output for ``P = (params, x)``, jitted."""
-        return _y(self.h, self.train, P, self.state, self.fkey)
+        return _y(self.h, self.train, P, self.state, self.fkey, self.mask)
 
     def y_with_key(self, P, key):
         """The output for ``P = (params, x)`` with another key, jitted."""
-        return _y(self.h, self.train, P, self.state, key)
+        return _y(self.h, self.train, P, self.state, key, self.mask)
 
     def vjps(self, p, x, dys):
         """``jax.vjp`` of the forward, applied to each cotangent: ``[(dparams, dx)]``."""
-        return _vjps(self.h, self.train, p, x, self.state, self.fkey, dys)
+        return _vjps(self.h, self.train, p, x, self.state, self.fkey, self.mask, dys)
 
     def fwd_bwd(self, p, x, dy):
         """The jitted forward+backward: ``(dparams, dx)``."""
-        return _fwd_bwd(self.h, self.train, p, x, self.state, self.fkey, dy)
+        return _fwd_bwd(self.h, self.train, p, x, self.state, self.fkey, self.mask, dy)
 
     def vmap_bwd(self, p, cache, dys):
         """``jax.vmap`` of the backward over a stack of cotangents (the cache shared)."""
