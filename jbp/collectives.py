@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbp.layers import batch_axis, split_axis
+from jbp.axes import batch_axis, split_axis
 
 AXIS = "batch"
 

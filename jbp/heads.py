@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jbp import activations, losses
-from jbp.layers import current_batch_axis
+from jbp.axes import current_batch_axis
 
 
 def check_labels(y, n_out):

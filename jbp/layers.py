@@ -40,16 +40,21 @@ Reference: Nielsen, *Neural Networks and Deep Learning*, ch. 2; the ``stax`` lay
 (``jax.example_libraries.stax``), with a cache and a backward added.
 """
 
-import contextlib
 import dataclasses
 import math
-import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jbp import activations
+from jbp.axes import (  # noqa: F401 - re-exported: layers read them from here too
+    batch_axis,
+    current_batch_axis,
+    current_split_axis,
+    split_axis,
+    whole_batch_bernoulli,
+)
 from jbp.util import integer, is_integer, real
 
 
@@ -96,54 +101,6 @@ def call_forward(layer, params, state, x, *, train, key, mask=None):
     if getattr(layer, "batch_coupled", False):
         return layer.forward(params, state, x, train=train, key=key, mask=mask)
     return layer.forward(params, state, x, train=train, key=key)
-
-
-_AXIS = threading.local()
-
-
-@contextlib.contextmanager
-def batch_axis(name):
-    """While tracing inside it, the batch is split over the mapped axis ``name``.
-
-    Batch-coupled layers (BatchNorm) read :func:`current_batch_axis` and sum their statistics
-    over that axis (``lax.psum``), so N devices see the statistics of the whole batch, as one
-    device would. ``jbp.parallel`` traces its epoch program inside ``batch_axis("batch")``.
-    Inside it :func:`split_axis` holds too.
-    """
-    with _set(_AXIS, "name", name), split_axis(name):
-        yield
-
-
-@contextlib.contextmanager
-def split_axis(name):
-    """While tracing inside it, the batch is split over ``name`` (statistics may stay local).
-
-    Stochastic layers read :func:`current_split_axis`: Dropout draws the whole batch's masks
-    and keeps its device's block; other stochastic layers get a key per device
-    (:func:`call_forward`).
-    """
-    with _set(_AXIS, "split", name):
-        yield
-
-
-@contextlib.contextmanager
-def _set(ns, attr, value):
-    previous = getattr(ns, attr, None)
-    setattr(ns, attr, value)
-    try:
-        yield
-    finally:
-        setattr(ns, attr, previous)
-
-
-def current_batch_axis():
-    """The mapped axis the batch statistics are summed over while tracing, or ``None``."""
-    return getattr(_AXIS, "name", None)
-
-
-def current_split_axis():
-    """The mapped axis the batch is split over while tracing, or ``None`` (one device)."""
-    return getattr(_AXIS, "split", None)
 
 
 def shape_tuple(shape, what="in_shape"):
@@ -382,25 +339,9 @@ class Dropout(Layer):
             return x, jnp.ones((), x.dtype), state
         if key is None:
             raise ValueError("Dropout in training needs a key (jbp.fit passes one per step)")
-        keep = _whole_batch_bernoulli(key, 1 - self.rate, x.shape)
+        keep = whole_batch_bernoulli(key, 1 - self.rate, x.shape)
         scale = jnp.where(keep, 1 / (1 - self.rate), 0).astype(x.dtype)
         return x * scale, scale, state
 
     def backward(self, params, cache, dy):
         return (), dy * cache
-
-
-def _whole_batch_bernoulli(key, p, shape):
-    """Bernoulli(p) draws of ``shape``; with the batch split over devices (N blocks of
-    ``shape[0]`` rows), this device's block of the draws for all N·``shape[0]`` rows.
-
-    Every device gets the same key and draws the whole batch; JAX's counter-based generator
-    gives row r the same bits for any number of rows, so each example gets the mask it gets
-    on one device (``--devices N`` ≡ one device, up to the order of the gradient sums).
-    """
-    axis = current_split_axis()
-    if axis is None:
-        return jax.random.bernoulli(key, p, shape)
-    n = jax.lax.axis_size(axis)
-    full = jax.random.bernoulli(key, p, (n * shape[0], *shape[1:]))
-    return jax.lax.dynamic_slice_in_dim(full, jax.lax.axis_index(axis) * shape[0], shape[0])

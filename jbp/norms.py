@@ -27,7 +27,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jbp.layers import Layer, current_batch_axis, shape_tuple
+from jbp.axes import current_batch_axis
+from jbp.layers import Layer, shape_tuple
 from jbp.util import real
 
 
