@@ -298,11 +298,13 @@ def device_data(data, dtype):
 
     def x_dt(v):
         v = np.asarray(v)
-        return v.astype(dtype) if np.issubdtype(v.dtype, np.floating) or v.dtype == bool else v
+        if np.issubdtype(v.dtype, np.floating) or v.dtype == bool:
+            return v.astype(dtype, copy=False)  # a copy only when the dtype changes
+        return v
 
     def y_dt(v):  # integer labels stay integers; real targets take the parameters' dtype
         v = np.asarray(v)
-        return v if np.issubdtype(v.dtype, np.integer) else v.astype(dtype)
+        return v if np.issubdtype(v.dtype, np.integer) else v.astype(dtype, copy=False)
 
     return (
         jnp.asarray(x_dt(x)),
