@@ -277,6 +277,38 @@ def test_no_preset_recipe_comes_near_the_default_threshold(cfg, subset):
     assert ratio < train.DIVERGENCE_THRESHOLD / 100  # measured: ≤ 1.0, two orders of margin
 
 
+_LOWERINGS = []  # (event name) of every program lowered while _COUNTING
+
+
+def _count_lowerings(event, duration, **kw):
+    if _COUNTING and event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+        _LOWERINGS.append(event)
+
+
+_COUNTING = False
+
+
+def test_the_initial_loss_is_one_compiled_program(small):
+    """Start-up: evaluated op by op, the initial loss lowered about twenty small programs
+    (one per operation of the forward and the loss), ~0.4 s of every run's start."""
+    global _COUNTING
+    from jax import monitoring
+
+    net = jbp.MLP((64, 30, 10), "relu", "softmax", "cross_entropy")
+    state = train.init_state(net, jbp.optim.adam(1e-3), jax.random.key(0), jnp.float64)
+    x_test, y_test = train.device_data(small, jnp.float64)[2:]
+    monitoring.register_event_duration_secs_listener(_count_lowerings)
+    _COUNTING, _LOWERINGS[:] = True, []
+    try:
+        loss = train.initial_loss(net, state, x_test, y_test)
+    finally:
+        _COUNTING = False
+    assert len(_LOWERINGS) == 1
+    assert loss == pytest.approx(
+        float(net.evaluate(state.params, state.model_state, x_test, y_test)[0])
+    )
+
+
 def test_a_blown_up_loss_is_divergence_and_the_threshold_can_be_off(small):
     kw = dict(batch_size=64, epochs=2, key=jax.random.key(0))
     net = jbp.MLP((64, 30, 10), "sigmoid", "softmax", "cross_entropy")
