@@ -336,13 +336,21 @@ def test_a_signal_to_one_process_stops_all_at_the_same_epoch(tmp_path, sig, code
 
 
 @pytest.mark.slow
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_the_launcher_forwards_signals_to_the_jbp_processes(tmp_path):
     out = tmp_path / "run"
     argv = ["--data", "digits", "--layers", "_,16,_", "--epochs", "100000", "--quiet"]
     with open(tmp_path / "log", "w") as log:
+        # Its own process group, so a failure below kills the jbp processes with it (killing
+        # the launcher alone would leave them training); SIGINT at its default, because bash
+        # cannot trap a signal it was started ignoring (as a test runner's workers may).
         launcher = subprocess.Popen(
             [os.path.join(ROOT, "scripts", "launch"), "2", "--", *argv, "--out", str(out)],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=_env(),
+            start_new_session=True, preexec_fn=_default_sigint,
         )  # fmt: skip
     try:
         _wait_for_epochs(out / "metrics.jsonl", 2, [launcher])
@@ -350,7 +358,8 @@ def test_the_launcher_forwards_signals_to_the_jbp_processes(tmp_path):
         rc = launcher.wait(timeout=90)
     finally:
         if launcher.poll() is None:
-            launcher.kill()
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
     log = (tmp_path / "log").read_text()
     assert rc == 130, log[-1500:]
     assert jbp.checkpoint.CheckpointDir(out).steps(), log[-1500:]
