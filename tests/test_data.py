@@ -141,6 +141,18 @@ def test_read_idx_missing_file(tmp_path):
 # --------------------------------------------------------------------------- idx:DIR
 
 
+def test_idx_pixels_are_the_float32_quotient_by_255_exactly(tmp_path):
+    """Every byte value becomes float32(v) / float32(255), correctly rounded (not v · 1/255)."""
+    fake_mnist(tmp_path, rows=8, cols=8)
+    pixels = np.arange(256, dtype=np.uint8).reshape(4, 8, 8)
+    write(tmp_path / "train-images-idx3-ubyte", idx_bytes(pixels))
+    write(tmp_path / "train-labels-idx1-ubyte", idx_bytes(np.zeros(4, np.uint8)))
+    ds = data.load(f"idx:{tmp_path}")
+    want = np.divide(pixels.reshape(4, 64), np.float32(255), dtype=np.float32)
+    np.testing.assert_array_equal(ds.x_train, want)
+    assert ds.x_train.dtype == np.float32
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_dir_end_to_end(tmp_path, gz):
     raw = fake_mnist(tmp_path / "mnist", gz=gz)
