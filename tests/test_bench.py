@@ -145,9 +145,13 @@ def test_startup_runs_cold_then_warm():
     from jbp.bench import runs
     from jbp.config import RunConfig
 
-    rows = runs.startup([("digits", RunConfig(data="digits", epochs=2))], log=lambda *a: None)
-    cold, warm = rows
+    cfg = RunConfig(data="digits", epochs=2)
+    rows = runs.startup([("digits", cfg, True), ("plain", cfg, False)], log=lambda *a: None)
+    cold, warm, plain_cold, plain_warm = rows
     assert (cold["cache"], warm["cache"]) == ("cold", "warm")
     assert cold["test_accuracy"] == warm["test_accuracy"]  # the same run, compiled or read back
+    assert plain_warm["test_accuracy"] == warm["test_accuracy"]  # with or without --out
+    for row in rows:  # without --out the epoch seconds come from the printed lines
+        assert 0 < row["first_epoch_s"] < row["wall_s"] and row["other_epochs_s"] > 0
     text = "\n".join(runs.table({"startup": rows}))
     assert "cold" in text and "warm" in text

@@ -16,6 +16,7 @@ seconds per step over one process with two devices — the collective's cost.
 """
 
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -29,11 +30,16 @@ ROOT = Path(__file__).resolve().parents[2]
 DIGITS = RunConfig(data="digits", epochs=5)
 
 
-def _train(argv, out, cache, env=None, launch=None):
-    """Run ``jbp train`` (or ``scripts/launch N -- …``); ``(wall s, metrics records, final)``."""
+def _train(argv, out, cache, env=None, launch=None, write_out=True):
+    """Run ``jbp train`` (or ``scripts/launch N -- …``); ``(wall s, metrics records, final)``.
+
+    ``write_out=False``: no ``--out`` (no checkpoints, metrics file or plots, as a user's plain
+    run); the records then come from the epoch lines the run prints.
+    """
     from jbp import flags
 
-    args = [*flags.to_argv(argv), "--quiet", "--json", "--out", str(out), "--compile-cache", cache]
+    args = [*flags.to_argv(argv), "--json", "--compile-cache", cache]
+    args += ["--quiet", "--out", str(out)] if write_out else []
     if launch:
         cmd = [str(ROOT / "scripts" / "launch"), str(launch), "--", *args]
     else:
@@ -43,22 +49,46 @@ def _train(argv, out, cache, env=None, launch=None):
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} … exited {r.returncode}: {r.stderr[-300:]}")
-    records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").open()]
+    if write_out:
+        records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").open()]
+    else:
+        records = _epoch_lines(r.stdout)
     final = json.loads(r.stdout.strip().splitlines()[-1])
     return wall, records, final
 
 
+_EPOCH_LINE = re.compile(r"^epoch\s+(\d+)/\d+\s.*\s([\d.]+)(ms|s)$")
+
+
+def _epoch_lines(stdout):
+    """``[{"epoch", "seconds"}]`` from the lines ``jbp train`` prints per epoch."""
+    records = []
+    for line in stdout.splitlines():
+        m = _EPOCH_LINE.match(line.strip())
+        if m:
+            scale = 1e-3 if m.group(3) == "ms" else 1.0
+            records.append({"epoch": int(m.group(1)), "seconds": float(m.group(2)) * scale})
+    return records
+
+
 def startup(recipes=None, log=print):
-    """Cold and warm runs of each ``(label, RunConfig)``; a list of result dicts."""
+    """Cold and warm runs of each ``(label, RunConfig, write_out)``; a list of result dicts.
+
+    ``write_out``: with ``--out`` (checkpoints, metrics, plots: about 1.7 s of the
+    Fashion-MNIST recipe's run) or without, as the README's recipe runs.
+    """
     import jbp.bench.tta as tta
 
-    recipes = recipes or [("digits", DIGITS), ("fashion-mnist 89 % recipe", tta.TTA_RECIPE)]
+    recipes = recipes or [
+        ("digits, --out", DIGITS, True),
+        ("fashion-mnist 89 % recipe", tta.TTA_RECIPE, False),
+    ]
     rows = []
-    for label, cfg in recipes:
+    for label, cfg, write_out in recipes:
         with tempfile.TemporaryDirectory() as tmp:
             cache = str(Path(tmp) / "cache")
             for state in ("cold", "warm"):
-                wall, recs, final = _train(cfg, Path(tmp) / state, cache)
+                wall, recs, final = _train(cfg, Path(tmp) / state, cache, write_out=write_out)
                 row = {
                     "recipe": label,
                     "cache": state,
