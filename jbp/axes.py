@@ -38,9 +38,14 @@ def split_axis(name):
 
     Stochastic layers read :func:`current_split_axis`: Dropout draws the whole batch's masks
     and keeps its device's block; other stochastic layers get a key per device
-    (:func:`jbp.layers.call_forward`).
+    (:func:`jbp.layers.call_forward`). Nested inside another split (per-example gradients,
+    a ``vmap`` over a device's rows), the blocks are split again: block ``i`` of the inner
+    axis within block ``d`` of the outer one is block ``d·size(inner) + i`` of the whole.
     """
-    with _set(_AXIS, "split", name):
+    outer = current_split_axis()
+    outer = () if outer is None else outer if isinstance(outer, tuple) else (outer,)
+    names = name if not outer else outer if name in outer else (*outer, name)
+    with _set(_AXIS, "split", names):
         yield
 
 
@@ -60,8 +65,23 @@ def current_batch_axis():
 
 
 def current_split_axis():
-    """The mapped axis the batch is split over while tracing, or ``None`` (one device)."""
+    """The mapped axis the batch is split over while tracing (a tuple of names, outermost
+    first, when splits are nested), or ``None`` (one device)."""
     return getattr(_AXIS, "split", None)
+
+
+def split_block():
+    """``(index, count)``: this block's place among the blocks of the batch while tracing
+    inside :func:`split_axis` (traced values; nested axes linearised, outermost major), or
+    ``None`` outside it."""
+    axis = current_split_axis()
+    if axis is None:
+        return None
+    index, count = 0, 1
+    for name in axis if isinstance(axis, tuple) else (axis,):
+        size = jax.lax.axis_size(name)
+        index, count = index * size + jax.lax.axis_index(name), count * size
+    return index, count
 
 
 def whole_batch_bernoulli(key, p, shape):
@@ -72,9 +92,9 @@ def whole_batch_bernoulli(key, p, shape):
     gives row r the same bits for any number of rows, so each example gets the mask it gets
     on one device (``--devices N`` ≡ one device, up to the order of the gradient sums).
     """
-    axis = current_split_axis()
-    if axis is None:
+    block = split_block()
+    if block is None:
         return jax.random.bernoulli(key, p, shape)
-    n = jax.lax.axis_size(axis)
+    index, n = block
     full = jax.random.bernoulli(key, p, (n * shape[0], *shape[1:]))
-    return jax.lax.dynamic_slice_in_dim(full, jax.lax.axis_index(axis) * shape[0], shape[0])
+    return jax.lax.dynamic_slice_in_dim(full, index * shape[0], shape[0])

@@ -25,6 +25,7 @@ batches given from outside (a known batch order to replay, or one device's share
 loop around it — logging, early stopping, divergence — is :func:`jbp.fit` in :mod:`jbp.train`.
 """
 
+import contextlib
 import functools
 import math
 from typing import NamedTuple
@@ -35,6 +36,7 @@ import optax
 
 from jbp import model as model_mod
 from jbp import optim
+from jbp.axes import split_axis
 from jbp.util import all_finite
 
 BACKWARDS = model_mod.BACKWARDS
@@ -241,7 +243,7 @@ def make_epoch_on_batches(
     total = (lambda v: v) if axis_name is None else (lambda v: jax.lax.psum(v, axis_name))  # noqa: E731
     stochastic = bool(getattr(model, "stochastic", False))
     whole_batch = bool(getattr(model, "whole_batch_draws", False))  # jbp layers: per layer
-    train_step = _train_step(model, optimizer, g, stochastic, grad_norms, on_steps)
+    train_step = _train_step(model, optimizer, g, stochastic, grad_norms, on_steps, axis_name)
 
     def run(state, xb, yb, mb, x_test, y_test, source=None, masked=True):
         key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
@@ -273,7 +275,7 @@ def make_epoch_on_batches(
     return run
 
 
-def _train_step(model, optimizer, g, stochastic, grad_norms, on_steps):
+def _train_step(model, optimizer, g, stochastic, grad_norms, on_steps, axis_name=None):
     """One optimizer step, the body of the epoch's ``lax.scan``.
 
     The carry is ``(params, opt_state, model_state, bad_step, step)``; each step emits the
@@ -298,8 +300,9 @@ def _train_step(model, optimizer, g, stochastic, grad_norms, on_steps):
         # step's one collective is the gradient's (see jbp.parallel.sharded_grad)
         n = jnp.sum(mb)
         out = (loss * n, n)
-        if grad_norms:
-            norm = _grad_norms(model, params, mstate, xb, yb, key)
+        if grad_norms:  # with the batch split, each example's draws are its row of the batch's
+            with split_axis(axis_name) if axis_name is not None else contextlib.nullcontext():
+                norm = _grad_norms(model, params, mstate, xb, yb, key)
             m = mb.astype(norm.dtype)
             out += (jnp.sum(norm * m), jnp.sum(norm**2 * m), jnp.max(jnp.where(m > 0, norm, 0)))
         if on_steps is not None:

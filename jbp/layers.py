@@ -53,6 +53,7 @@ from jbp.axes import (  # noqa: F401 - re-exported: layers read them from here t
     current_batch_axis,
     current_split_axis,
     split_axis,
+    split_block,
     whole_batch_bernoulli,
 )
 from jbp.util import integer, is_integer, real
@@ -90,14 +91,14 @@ class Layer:
 def call_forward(layer, params, state, x, *, train, key, mask=None):
     """``layer.forward``, passing ``mask`` only to layers that couple examples, and a key of
     its own on each device to a stochastic layer that draws only for its device's rows."""
-    axis = current_split_axis()
+    block = split_block()
     if (
         key is not None
-        and axis is not None
+        and block is not None
         and getattr(layer, "stochastic", False)
         and not getattr(layer, "whole_batch_draws", False)
     ):
-        key = jax.random.fold_in(key, jax.lax.axis_index(axis))
+        key = jax.random.fold_in(key, block[0])
     if getattr(layer, "batch_coupled", False):
         return layer.forward(params, state, x, train=train, key=key, mask=mask)
     return layer.forward(params, state, x, train=train, key=key)

@@ -61,6 +61,35 @@ def test_dropout_masks_do_not_depend_on_the_device_count(digits):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-9, atol=1e-12)
 
 
+def _dropout_net():
+    layers = jbp.Sequential(jbp.Flatten(), jbp.Dense(12, "tanh"), jbp.Dropout(0.5), jbp.Dense(10))
+    return jbp.Network(layers, in_shape=(8, 8, 1))
+
+
+def test_per_example_gradients_of_a_dropout_network_average_to_its_batch_gradient(digits):
+    """Each example keeps its own row of the batch's masks (it used to get row 0's: the same
+    mask for every example, whose mean is not the batch gradient)."""
+    net, key = _dropout_net(), jax.random.key(5)
+    params, _ = net.initialize(jax.random.key(0), jnp.float64)
+    x, y = digits.x_train[:7], digits.y_train[:7]
+    pe = jbp.per_example_grads(net, params, x, y, key=key)
+    _, g = net.loss_and_grad(params, x, y, key=key)
+    for a, b in zip(jax.tree.leaves(pe), jax.tree.leaves(g), strict=True):
+        np.testing.assert_allclose(np.asarray(a).mean(0), np.asarray(b), rtol=1e-12, atol=1e-15)
+    one = net.loss_and_grad(params, x[3:4], y[3:4], key=key)[1]  # row 0's mask, not row 3's
+    assert not np.allclose(pe[1]["W"][3], one[1]["W"])
+
+
+def test_gradient_norms_of_a_dropout_network_do_not_depend_on_the_device_count(digits):
+    net = _dropout_net()
+    kw = dict(batch_size=40, epochs=1, key=jax.random.key(1), dtype=jnp.float64, grad_norms=True)
+    _, (one,) = jbp.fit(net, jbp.optim.sgd(0.1), digits, **kw)
+    for n, how in ((2, "shard_map"), (3, "pmap")):
+        _, (many,) = jbp.fit(net, jbp.optim.sgd(0.1), digits, devices=n, parallel=how, **kw)
+        for k in ("grad_norm_mean", "grad_norm_std", "grad_norm_max"):
+            assert many[k] == pytest.approx(one[k], rel=1e-12), (n, k)
+
+
 def _train(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "jbp", "train", "--data", "digits", "--json", "--quiet", *args],
