@@ -170,8 +170,12 @@ class RunDir:
                 f.write("".join(json.dumps(r) + "\n" for r in records))
                 f.flush()
                 os.fsync(f.fileno())
-        with _naming(p):
+        try:
             os.replace(tmp, p)
+        except OSError as e:  # the destination is the problem (a folder in its place): name it
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise OSError(e.errno, e.strerror or str(e), str(p)) from e
 
     def append_metrics(self, record):
         """Append one epoch's record and flush it to disk."""

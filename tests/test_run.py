@@ -128,6 +128,17 @@ def test_a_temporary_file_never_writes_through_a_planted_link(tmp_path):
     assert not (folder.root / "metrics.jsonl").is_symlink()
 
 
+def test_a_folder_where_the_metrics_belong_is_named_in_the_error(tmp_path):
+    from jbp import rundir
+
+    folder = rundir.RunDir(tmp_path / "run")
+    (folder.root / "metrics.jsonl").mkdir()
+    with pytest.raises(OSError) as e:
+        folder.write_metrics([{"epoch": 1}])
+    assert e.value.filename == str(folder.root / "metrics.jsonl")  # not the temporary's name
+    assert not (folder.root / "metrics.jsonl.tmp").exists()
+
+
 def test_an_unusable_out_is_refused_up_front(tmp_path):
     from jbp import rundir
     from jbp.util import PathError
