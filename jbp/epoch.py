@@ -37,6 +37,7 @@ import optax
 from jbp import model as model_mod
 from jbp import optim
 from jbp.axes import split_axis
+from jbp.per_example import per_example_grads
 from jbp.util import all_finite
 
 BACKWARDS = model_mod.BACKWARDS
@@ -199,7 +200,7 @@ def make_epoch(
 
 def _grad_norms(model, params, mstate, xb, yb, key):
     """‖∇C_i‖₂ for every row i: per-example gradients by ``vmap`` (no Python loop)."""
-    pe = model_mod.per_example_grads(model, params, xb, yb, state=mstate, key=key)
+    pe = per_example_grads(model, params, xb, yb, state=mstate, key=key)
     sq = sum(jnp.sum(jnp.reshape(g, (g.shape[0], -1)) ** 2, axis=1) for g in jax.tree.leaves(pe))
     return jnp.sqrt(sq)
 

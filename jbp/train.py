@@ -296,11 +296,10 @@ def device_data(data, dtype):
     ids) as they are; integer labels stay integers, real targets take the dtype."""
     x, y, x_test, y_test = data
 
-    def x_dt(v):
+    def x_dt(v):  # a copy only when the dtype changes
         v = np.asarray(v)
-        if np.issubdtype(v.dtype, np.floating) or v.dtype == bool:
-            return v.astype(dtype, copy=False)  # a copy only when the dtype changes
-        return v
+        floating = np.issubdtype(v.dtype, np.floating) or v.dtype == bool
+        return v.astype(dtype, copy=False) if floating else v
 
     def y_dt(v):  # integer labels stay integers; real targets take the parameters' dtype
         v = np.asarray(v)

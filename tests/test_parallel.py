@@ -335,11 +335,15 @@ def test_a_signal_to_one_process_stops_all_at_the_same_epoch(tmp_path, sig, code
     assert "resume with" in results[0][2]
 
 
+# Runs a command with SIGINT at its default (an exec keeps it): no preexec_fn, whose Python
+# code in a forked child of this multithreaded process could deadlock.
+_DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
 @pytest.mark.slow
-def _default_sigint():
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_the_launcher_forwards_signals_to_the_jbp_processes(tmp_path):
     out = tmp_path / "run"
     argv = ["--data", "digits", "--layers", "_,16,_", "--epochs", "100000", "--quiet"]
@@ -348,9 +352,9 @@ def test_the_launcher_forwards_signals_to_the_jbp_processes(tmp_path):
         # the launcher alone would leave them training); SIGINT at its default, because bash
         # cannot trap a signal it was started ignoring (as a test runner's workers may).
         launcher = subprocess.Popen(
-            [os.path.join(ROOT, "scripts", "launch"), "2", "--", *argv, "--out", str(out)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=_env(),
-            start_new_session=True, preexec_fn=_default_sigint,
+            [sys.executable, "-c", _DEFAULT_SIGINT, os.path.join(ROOT, "scripts", "launch"),
+             "2", "--", *argv, "--out", str(out)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=_env(), start_new_session=True,
         )  # fmt: skip
     try:
         _wait_for_epochs(out / "metrics.jsonl", 2, [launcher])
