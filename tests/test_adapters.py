@@ -298,6 +298,22 @@ def test_nnx_dropout_is_reseeded_from_the_engine_key(data):
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
 
 
+def test_nnx_dropout_per_example_grads_draw_per_example(data):
+    model = adapters.from_nnx(lambda rngs: DropNet(rngs), in_shape=(64,))
+    params, _ = model.initialize(jax.random.key(0), jnp.float64)
+    x, y = _batch(data)
+    x, y = jnp.concatenate([x[:3], x[:1]]), jnp.concatenate([y[:3], y[:1]])  # row 3 = row 0
+    key = jax.random.key(5)
+    pe = jax.jit(functools.partial(per_example_grads, model))(params, x, y, key=key)
+    for i in range(4):  # example i: its own key, fold_in(key, i)
+        one = model.loss_and_grad(
+            params, x[i : i + 1], y[i : i + 1], key=jax.random.fold_in(key, i)
+        )
+        _close(jax.tree.map(lambda g, i=i: g[i], pe), one[1])
+    same = jax.tree.leaves(jax.tree.map(lambda g: bool(jnp.all(g[0] == g[3])), pe))
+    assert not all(same)  # one example twice: two different dropout masks
+
+
 # ----------------------------------------------------------------------- devices
 DEVICE_RUN = {"batch_size": 50, "epochs": 2, "key": jax.random.key(0), "dtype": jnp.float64}
 MODELS = {"function": FN, "nnx": NNX}
