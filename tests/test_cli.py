@@ -347,7 +347,7 @@ def test_adam_with_eps_0_is_named_when_it_diverges(capsys):
 
 
 def test_labels_that_skip_classes_are_one_warning_line_each(tmp_path, capsys):
-    from test_data import fake_mnist, idx_bytes
+    from test_idx import fake_mnist, idx_bytes
 
     d = tmp_path / "idx"
     fake_mnist(d, n_train=40, n_test=10)

@@ -144,7 +144,7 @@ def test_one_device_is_the_plain_program_in_either_mode():
 
 
 def test_a_model_gets_the_idx_files_image_shape_and_empty_splits_are_refused(tmp_path):
-    from test_data import fake_mnist, idx_bytes, write
+    from test_idx import fake_mnist, idx_bytes, write
 
     from jbp.data import DataError
 
