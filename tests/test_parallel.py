@@ -403,12 +403,21 @@ def test_an_error_in_one_process_ends_the_others_promptly(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_while_waiting_for_the_peers_ends_the_process(tmp_path, sig):
     """Nothing is trained yet, and the wait is in C++, where a flag would never be read."""
+    port = _free_port()
     p = subprocess.Popen(
-        [*TRAIN, "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
+        [*TRAIN, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
          "--process-id", "0", "--epochs", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env(),
     )  # fmt: skip
-    time.sleep(6)  # imports, data, then the wait for process 1, which never comes
+    # imports and data, then process 0 opens the coordinator's port and waits there for
+    # process 1, which never comes
+    deadline = time.monotonic() + 60
+    while p.poll() is None and time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    time.sleep(1)  # from the open port into the wait
     assert p.poll() is None, p.communicate()
     p.send_signal(sig)
     try:
