@@ -8,12 +8,13 @@ compiles to disk (which made the tests after it about 40 % slower).
 
 The suite compiles about 5,700 programs, most of them small, and in the unit tests XLA's CPU
 compiler took about 80 % of the time. So unless ``XLA_FLAGS`` is set, the tests (and the
-``jbp`` processes they start) compile with LLVM's optimisation level 0 and XLA's classic loop
-emitters instead of its MLIR fusion emitters: 2–3 times faster to compile (``x + 1``: 23 →
-10 ms), the whole suite 1003 → 540 s on the 2-core machine. Results agree with the default
-compiler's to rounding, not bit for bit (elementwise functions are emitted differently); the
-bit-exactness tests compare runs made with one configuration. ``XLA_FLAGS= scripts/test``
-runs the suite with XLA's defaults, as users' programs are compiled.
+``jbp`` processes they start) compile with LLVM's optimisation level 0, XLA's classic loop
+emitters instead of its MLIR fusion emitters, and each program's code generated in one piece
+rather than split for parallel compilation: 2–3 times faster to compile (``x + 1``: 23 →
+10 ms), the whole suite 1003 → about 500 s on the 2-core machine. Results agree with the
+default compiler's to rounding, not bit for bit (elementwise functions are emitted
+differently); the bit-exactness tests compare runs made with one configuration.
+``XLA_FLAGS= scripts/test`` runs the suite with XLA's defaults, as users' programs are compiled.
 """
 
 import os
@@ -22,7 +23,9 @@ import tempfile
 import pytest
 
 os.environ.setdefault(
-    "XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0"
+    "XLA_FLAGS",
+    "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+    "--xla_cpu_parallel_codegen_split_count=1",
 )
 os.environ.setdefault(
     "JBP_COMPILATION_CACHE", os.path.join(tempfile.gettempdir(), f"jbp-test-cache-{os.getuid()}")
