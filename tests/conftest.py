@@ -12,7 +12,8 @@ compiler took about 80 % of the time. So unless ``XLA_FLAGS`` is set, the tests 
 compile with LLVM's optimisation level 0, XLA's classic loop emitters instead of its MLIR fusion
 emitters, and each program's code generated in one piece rather than split for parallel
 compilation: 2–3 times faster to compile (``x + 1``: 23 → 10 ms), the whole suite 1003 → 440–540
-s on the 2-core machine. Results agree with the default compiler's to rounding, not bit for
+s in one process on the 2-core machine (``scripts/test`` then runs it in two pytest-xdist
+workers, one file per worker at a time: about 300 s). Results agree with the default compiler's to rounding, not bit for
 bit (elementwise functions are emitted differently); the bit-exactness tests compare runs made
 with one configuration. ``XLA_FLAGS= scripts/test`` runs the suite with XLA's defaults, as
 users' programs are compiled; so does an XLA that no longer knows these flags (checked once, in
