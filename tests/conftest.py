@@ -7,17 +7,17 @@ turned off again after that test, so the rest of the suite does not write every 
 compiles to disk (which made the tests after it about 40 % slower).
 
 The suite compiles about 5,700 programs, most of them small, and in the unit tests XLA's CPU
-compiler took about 80 % of the time. So unless ``XLA_FLAGS`` is set, the tests (and most
-``jbp`` processes they start; the signal and multi-process tests give theirs XLA's defaults)
-compile with LLVM's optimisation level 0, XLA's classic loop emitters instead of its MLIR fusion
-emitters, and each program's code generated in one piece rather than split for parallel
-compilation: 2–3 times faster to compile (``x + 1``: 23 → 10 ms), the whole suite 1003 → 440–540
-s in one process on the 2-core machine (``scripts/test`` then runs it in two pytest-xdist
-workers, one file per worker at a time: 301–364 s). Results agree with the default compiler's
-to rounding, not bit for bit (elementwise functions are emitted differently); the
-bit-exactness tests compare runs made with one configuration. ``XLA_FLAGS= scripts/test`` runs the suite with XLA's defaults, as
-users' programs are compiled; so does an XLA that no longer knows these flags (checked once, in
-a child process, as it would abort on them).
+compiler took about 80 % of the time. So unless ``XLA_FLAGS`` is set, the tests (and the ``jbp``
+processes they start, which inherit it) compile with LLVM's optimisation level 0, XLA's classic
+loop emitters instead of its MLIR fusion emitters, and each program's code generated in one
+piece rather than split for parallel compilation: 2–3 times faster to compile (``x + 1``: 23 →
+10 ms), the whole suite 1003 → 440–540 s in one process on the 2-core machine (``scripts/test``
+then runs it in two pytest-xdist workers, one file per worker at a time: 301–364 s). Results
+agree with the default compiler's to rounding, not bit for bit (elementwise functions are
+emitted differently); the bit-exactness tests compare runs made with one configuration.
+``XLA_FLAGS= scripts/test`` runs the suite with XLA's defaults, as users' programs are compiled;
+so does an XLA that no longer knows these flags (checked once, in a child process, as it would
+abort on them).
 """
 
 import os

@@ -340,7 +340,6 @@ raise SystemExit(main(sys.argv[1:]))
 
 def _env():
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("XLA_FLAGS", None)
     return env
 
 

@@ -175,7 +175,6 @@ def _free_port():
 
 def _env():
     env = dict(os.environ, JAX_PLATFORMS="cpu", JBP_HEARTBEAT_TIMEOUT="10", PYTHONUNBUFFERED="1")
-    env.pop("XLA_FLAGS", None)
     return env
 
 
