@@ -12,7 +12,7 @@ processes they start, which inherit it) compile with LLVM's optimisation level 0
 loop emitters instead of its MLIR fusion emitters, and each program's code generated in one
 piece rather than split for parallel compilation: 2–3 times faster to compile (``x + 1``: 23 →
 10 ms), the whole suite 1003 → 440–540 s in one process on the 2-core machine (``scripts/test``
-then runs it in two pytest-xdist workers, one file per worker at a time: 289–364 s). Results
+then runs it in two pytest-xdist workers, one file per worker at a time: 281–364 s). Results
 agree with the default compiler's to rounding, not bit for bit (elementwise functions are
 emitted differently); the bit-exactness tests compare runs made with one configuration.
 ``XLA_FLAGS= scripts/test`` runs the suite with XLA's defaults, as users' programs are compiled;
