@@ -27,6 +27,11 @@ CONV_GRID = [
         enumerate(KERNELS), enumerate(STRIDES), enumerate(PADDINGS)
     )
 ]
+# F(2×2, 3×3) Winograd (3×3 kernels at stride 1 only), forced on the small test input
+WINOGRAD_GRID = [
+    Conv(3, (3, 3), 1, p, use_bias=i % 2 == 0, algorithm="winograd")
+    for i, p in enumerate(PADDINGS + [((2, 1), (0, 3))])
+]
 # windows, with strides equal to the window and smaller (overlapping windows), VALID and SAME
 POOL_GEOMETRY = [
     (w, s, p)
@@ -78,7 +83,7 @@ def _avg_ref(layer, x):
 
 
 # ------------------------------------------------------------------------ check_layer
-@pytest.mark.parametrize("layer", CONV_GRID, ids=repr)
+@pytest.mark.parametrize("layer", CONV_GRID + WINOGRAD_GRID, ids=repr)
 def test_conv_passes_check_layer(layer):
     report = _ok(jbp.check_layer(layer, IN_SHAPE, batch=2))
     names = {r.name for r in report.rows}
@@ -117,7 +122,7 @@ def test_a_tiny_cnn_passes_check_layer_as_a_whole():
 
 
 # ---------------------------------------------------------------- forwards vs lax
-@pytest.mark.parametrize("layer", CONV_GRID, ids=repr)
+@pytest.mark.parametrize("layer", CONV_GRID + WINOGRAD_GRID, ids=repr)
 def test_conv_forward_equals_lax_conv(layer):
     with jax.enable_x64(True):
         x = _x()
@@ -168,6 +173,56 @@ def test_conv_float32_matches_lax_and_runs_inside_a_scan():
         ref, vjp = jax.vjp(lambda p, x: _conv_ref(layer, p, x), params, x)
         np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(dx, vjp(ref)[1], rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------ winograd
+def test_auto_uses_winograd_for_wide_3x3_stride_1_convolutions_on_cpu():
+    assert jax.default_backend() == "cpu"
+    assert Conv(64).uses_winograd(32) and Conv(64).uses_winograd(16)
+    assert not Conv(32).uses_winograd(1) and not Conv(32).uses_winograd(8)
+    assert not Conv(64, (5, 5)).uses_winograd(32) and not Conv(64, strides=2).uses_winograd(32)
+    assert not Conv(64, algorithm="patches").uses_winograd(32)
+    assert Conv(64, algorithm="winograd").uses_winograd(1)
+
+
+def test_auto_winograd_layer_passes_check_layer_and_matches_patches_in_float32():
+    auto, patches = Conv(4), Conv(4, algorithm="patches")
+    _ok(jbp.check_layer(auto, (6, 5, 16), batch=2))
+    params, _, _ = auto.init(jax.random.key(0), (14, 14, 32), jnp.float32)
+    x = _x((4, 14, 14, 32)).astype(jnp.float32)
+    y, cache, _ = auto.forward(params, (), x)
+    y_ref, cache_ref, _ = patches.forward(params, (), x)
+    assert isinstance(cache, tuple) and not isinstance(cache_ref, tuple)  # the two algorithms
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    grads, dx = auto.backward(params, cache, y)
+    grads_ref, dx_ref = patches.backward(params, cache_ref, y_ref)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
+    for name in ("W", "b"):
+        np.testing.assert_allclose(grads[name], grads_ref[name], rtol=1e-4, atol=1e-3)
+
+
+def test_check_layer_catches_a_planted_bug_in_the_winograd_backward(monkeypatch):
+    """Two of the 16 transformed output gradients swapped: dW and dX are wrong, the forward
+    (and so jax.vjp's reference) is not."""
+    from jbp import winograd
+
+    def swapped(dy, th, tw):
+        z = winograd_gradient_transform(dy, th, tw)
+        z[5], z[6] = z[6], z[5]
+        return z
+
+    winograd_gradient_transform = winograd.gradient_transform
+    layer = Conv(5, (3, 3), use_bias=False, algorithm="winograd")
+    jax.clear_caches()  # the jitted methods must trace the planted bug (and later, not)
+    monkeypatch.setattr(winograd, "gradient_transform", swapped)
+    try:
+        report = jbp.check_layer(layer, (4, 5, 3), batch=2)
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()
+    assert not report.ok
+    assert {r.name for r in report.rows if not r.ok} == {"W", "x"}
+    _ok(jbp.check_layer(layer, (4, 5, 3), batch=2))
 
 
 # ------------------------------------------------------------------ max pooling ties
@@ -245,6 +300,9 @@ def test_conv_initializers(rule, var):
         (lambda: Conv(4, padding=((1, -1), (0, 0))), "padding"),
         (lambda: Conv(4, use_bias="yes"), "use_bias"),
         (lambda: Conv(4, initializer="xavier"), "initializer"),
+        (lambda: Conv(4, algorithm="fft"), "algorithm"),
+        (lambda: Conv(4, (5, 5), algorithm="winograd"), "winograd"),
+        (lambda: Conv(4, strides=2, algorithm="winograd"), "winograd"),
         (lambda: MaxPool(window=0), "window"),
         (lambda: MaxPool(strides=(1, 0)), "strides"),
         (lambda: MaxPool(padding=((2, 0), (0, 0))), "padding"),

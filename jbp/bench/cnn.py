@@ -9,8 +9,10 @@ step of 128 examples is ≈ 3.3 GFLOP (forward 2·MACs, backward 4·MACs).
 Contenders (names as in the table, :data:`CONTENDERS`):
 
 * ``jbp-manual``: ``jbp.models.cnn`` in jbp's epoch program (``lax.scan`` over the epoch),
-  every backward hand-written: convolutions as patches·matrix, dW = Pᵀ·dY, dX accumulated back
-  over the kernel offsets (see :mod:`jbp.conv`).
+  every backward hand-written: the first convolution (one input channel) as patches·matrix,
+  dW = Pᵀ·dY; the second (32 input channels) as Winograd F(2×2, 3×3), 16 matmuls over the
+  channels (see :mod:`jbp.conv` and :mod:`jbp.winograd`). Its GFLOP/s column counts the
+  direct convolution's FLOPs, as for every contender, so it is throughput in those units.
 * ``jbp-autodiff``: the same jbp forward, differentiated by ``jax.grad``.
 * ``jax-conv-jit``: ``lax.conv_general_dilated`` + ``reduce_window``, ``jax.value_and_grad`` and
   optax, one jitted step per mini-batch from a Python loop (what most JAX code does).
