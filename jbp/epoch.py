@@ -114,9 +114,13 @@ def step_finite(loss, grads):
     step's cost (it was a tenth of a 784-30-10 step). Anything non-finite it misses shows up
     a step later in the loss, and at the latest in the epoch-end check of every leaf of the
     parameters and optimizer state: divergence is never silent.
+
+    The leaves pass an optimisation barrier first: without it XLA folds Σ(db) = Σ(Σ dZ) into
+    one sum over the whole dZ, a second pass over every activation (for the CNN, 0.5 ms of
+    operator time per step re-reading its 28×28×32 and 14×14×64 output gradients).
     """
     small = [g for g in jax.tree.leaves(grads) if g.size <= PROBE_SIZE]
-    return jnp.isfinite(loss) & all_finite(small)
+    return jnp.isfinite(loss) & all_finite(jax.lax.optimization_barrier(small))
 
 
 def _lr_or_nan(opt_state):

@@ -146,3 +146,20 @@ def test_the_bridge_runs_the_hand_written_backward():
     ref = jax.grad(net.loss, argnums=(0, 1))(params, x, y)
     for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves((g_params, g_x)), strict=True):
         assert rel_diff(a, b) < 1e-12
+
+
+def test_the_divergence_probe_does_not_reread_the_activations():
+    """The per-step probe sums the small gradient leaves (the biases); summing db = Σ dZ must
+    not become XLA's sum over the whole dZ (a second pass over every activation)."""
+    import re
+
+    net = jbp.models.cnn((8, 8, 1), 10, dropout=0.0, width=(4, 8, 16))
+    opt = jbp.optim.adam(1e-3)
+    state = jbp.train.init_state(net, opt, jax.random.key(0), jnp.float32)
+    x, y = jnp.zeros((32, 8, 8, 1)), jnp.zeros((32,), jnp.int32)
+    epoch = jax.jit(engine.make_epoch(net, opt, 16))
+    hlo = epoch.lower(state, x, y, x[:16], y[:16]).compile().as_text()
+    scalar_reductions = re.findall(r"^%\S+ \(([^)]*)\) -> f32\[\] \{", hlo, re.M)
+    assert scalar_reductions  # the probe (and the loss) are there
+    for activation in ("f32[16,8,8,4]", "f32[16,4,4,8]"):  # dZ of the two convolutions
+        assert not any(activation in params for params in scalar_reductions), activation
