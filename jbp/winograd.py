@@ -135,8 +135,8 @@ def input_gradient(dv, pads, x_shape):
 
 
 def conv(x, w, pads):
-    """Y = X ⋆ W (no bias) for a 3×3 kernel at stride 1, and the cache (V, its pads, x's
-    shape) the backward needs."""
+    """(Y, V): Y = X ⋆ W (no bias) for a 3×3 kernel at stride 1 and explicit ``pads``, and
+    the transformed input V (16 arrays), which the backward needs."""
     n, h, wd, _ = x.shape
     th, tw = tiles(pads, (h, wd))
     v = input_transform(x, pads)
