@@ -18,7 +18,9 @@ of the padded input is one block of the patches matrix P (im2col)::
 
 For a 3×3 kernel at stride 1 the same convolution can run as Winograd's minimal filtering
 F(2×2, 3×3), 16 matmuls over the channels with 2.25× fewer multiplications
-(:mod:`jbp.winograd`, forward and backward written out there); ``algorithm`` chooses.
+(:mod:`jbp.winograd`, forward and backward written out there), and any convolution can run
+as XLA's own convolution op with dX and dW written out as the transposed convolution and the
+correlation of X with dY (:mod:`jbp.conv_xla`); ``algorithm`` chooses.
 
 ``Reshape`` turns each example into another shape of the same size, typically flat vectors
 into the (h, w, c) images a convolution takes: Y = X reshaped, dX = dY reshaped back.
@@ -38,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jbp import winograd
+from jbp import conv_xla, winograd
 from jbp.layers import INITIALIZERS, Layer, shape_tuple
 from jbp.pool import AvgPool, GlobalAvgPool, MaxPool
 from jbp.util import choice, flag, integer, is_integer
@@ -49,6 +51,11 @@ __all__ = ["AvgPool", "Conv", "GlobalAvgPool", "MaxPool", "Reshape"]
 #: the fewest input channels for which ``algorithm="auto"`` runs a 3×3 stride-1 Conv as
 #: Winograd F(2×2, 3×3) on CPU (measured: see the tables below)
 WINOGRAD_MIN_CHANNELS = 16
+#: on GPU, ``algorithm="auto"`` runs a Conv as XLA's convolution (cuDNN) from this many input
+#: channels and XLA_MIN_ROWS output pixels n·h_out·w_out on (measured: see below)
+XLA_MIN_CHANNELS, XLA_MIN_ROWS = 16, 32768
+#: the formulations a Conv can run as ("auto" picks one, see Conv.formulation)
+ALGORITHMS = ("auto", "patches", "winograd", "xla")
 
 # Formulation (measured). XLA's CPU convolution is many times slower inside a ``lax.scan``
 # body than as a jitted call on its own (JAX issue 12868), and a training epoch is one scan
@@ -86,7 +93,31 @@ WINOGRAD_MIN_CHANNELS = 16
 # With few input channels the transforms cost more than the matmuls save; from 16 channels on
 # Winograd wins (1.6× on the CNN's wide layer, whose training step went from 36 to 28 ms). So
 # algorithm="auto" picks Winograd for 3×3 stride-1 kernels over ≥ WINOGRAD_MIN_CHANNELS input
-# channels, on CPU: that is where it was measured; elsewhere "auto" keeps patches·matrix.
+# channels, on CPU.
+#
+# GPU (one NVIDIA H200, jax 0.11.2, scripts/conv_formulations.py; forward+backward with dX,
+# float32, ms per step, best of 5; inside a lax.scan of 20 / as one jitted call per step):
+#
+#   layer              batch    patches        winograd       xla (cuDNN)
+#                                scan   call    scan   call    scan   call
+#   28×28×1  → 32       128     0.053  0.051   0.172  0.190   0.166  0.191
+#   14×14×32 → 64       128     0.100  0.083   0.246  0.241   0.125  0.207
+#   7×7×64   → 128      128     0.072  0.120   0.210  0.205   0.136  0.190
+#   28×28×1  → 32      1024     0.214  0.204   0.903  0.901   0.526  0.505
+#   14×14×32 → 64      1024     0.486  0.460   0.724  0.729   0.358  0.324
+#   7×7×64   → 128     1024     0.265  0.248   0.604  0.609   0.214  0.225
+#
+#   whole CNN, one epoch of 6,400 examples (jbp's scan), ms: batch 128: patches 12.7,
+#   winograd 32.1, xla 16.1; batch 1024: patches 9.8, winograd 18.2, xla 8.4
+#
+# At batch 128 every layer is a few tens of microseconds, launch-bound, and patches·matrix
+# (one big matmul each way) wins; at batch 1024 cuDNN wins on the layers with many input
+# channels (rows n·h_out·w_out = 200,704 and 50,176; at 25,088, batch 128, patches still won)
+# while the one-channel first layer stays faster as patches. Winograd never wins on GPU (its
+# 48 small matmuls and transforms are launches and memory passes). The scan costs nothing
+# on GPU (unlike XLA's CPU convolution), so the epoch is a lax.scan on every backend. Hence
+# "auto" on GPU: xla from XLA_MIN_CHANNELS channels and XLA_MIN_ROWS rows (between the
+# measured 25,088 and 50,176), else patches. TPUs were not measured: "auto" keeps patches.
 
 
 # --------------------------------------------------------------------------- Conv
@@ -103,10 +134,11 @@ class Conv(Layer):
       use_bias: add ``b``.
       initializer: ``"he"``, ``"lecun"`` or ``"glorot"`` with fan_in = kh·kw·c_in and
         fan_out = kh·kw·features; biases start at zero.
-      algorithm: ``"patches"``, ``"winograd"`` (3×3 kernels at stride 1 only) or ``"auto"``:
-        Winograd on CPU when it applies and c_in ≥ ``WINOGRAD_MIN_CHANNELS``, where it was
-        measured faster (the tables in the source), else patches. Both compute the same
-        convolution (to rounding) with a hand-written backward.
+      algorithm: ``"patches"``, ``"winograd"`` (3×3 kernels at stride 1 only), ``"xla"``
+        (XLA's convolution op forward, the backward as the two convolutions it is:
+        :mod:`jbp.conv_xla`) or ``"auto"``: the measured fastest (:meth:`formulation`, the
+        tables in the source). All compute the same convolution (to rounding) with a
+        hand-written backward.
 
     Params ``{"W": (kh, kw, c_in, features), "b": (features,)}`` (HWIO); ``init`` returns the
     output shape (h_out, w_out, features). The forward equals ``lax.conv_general_dilated``
@@ -128,24 +160,33 @@ class Conv(Layer):
         object.__setattr__(self, "padding", padding_arg(self.padding, "Conv"))
         object.__setattr__(self, "use_bias", flag("use_bias", self.use_bias, owner="Conv"))
         choice("initializer", self.initializer, ("he", "lecun", "glorot"), owner="Conv")
-        choice("algorithm", self.algorithm, ("auto", "patches", "winograd"), owner="Conv")
+        choice("algorithm", self.algorithm, ALGORITHMS, owner="Conv")
         if self.algorithm == "winograd" and (self.kernel_size, self.strides) != ((3, 3), (1, 1)):
             raise ValueError(
                 "Conv algorithm='winograd' needs kernel_size (3, 3) and strides (1, 1), got "
                 f"kernel_size={self.kernel_size}, strides={self.strides}"
             )
 
-    def uses_winograd(self, c_in):
-        """Whether this layer runs as F(2×2, 3×3) for ``c_in`` input channels: always with
-        ``algorithm="winograd"``; with ``"auto"`` on CPU for 3×3 stride-1 kernels over at
-        least WINOGRAD_MIN_CHANNELS input channels (see the measurements above)."""
+    def formulation(self, c_in, rows=0):
+        """How this layer runs for ``c_in`` input channels and ``rows`` = n·h_out·w_out output
+        pixels: ``"patches"``, ``"winograd"`` or ``"xla"``; ``algorithm`` itself unless it is
+        ``"auto"``, which follows the measurements above: on CPU Winograd for 3×3 stride-1
+        kernels over ≥ WINOGRAD_MIN_CHANNELS channels, on GPU XLA's convolution for
+        ≥ XLA_MIN_CHANNELS channels and ≥ XLA_MIN_ROWS rows, else (and on other, unmeasured
+        backends) patches."""
         if self.algorithm != "auto":
-            return self.algorithm == "winograd"
-        return (
-            (self.kernel_size, self.strides) == ((3, 3), (1, 1))
-            and c_in >= WINOGRAD_MIN_CHANNELS
-            and jax.default_backend() == "cpu"
-        )
+            return self.algorithm
+        backend = jax.default_backend()
+        if backend == "cpu":
+            winograd_fits = (self.kernel_size, self.strides) == ((3, 3), (1, 1))
+            return "winograd" if winograd_fits and c_in >= WINOGRAD_MIN_CHANNELS else "patches"
+        if backend == "gpu" and c_in >= XLA_MIN_CHANNELS and rows >= XLA_MIN_ROWS:
+            return "xla"
+        return "patches"
+
+    def uses_winograd(self, c_in):
+        """Whether this layer runs as F(2×2, 3×3) for ``c_in`` input channels."""
+        return self.formulation(c_in) == "winograd"
 
     def init(self, key, in_shape, dtype=jnp.float32):
         _, (ho, wo) = geometry("Conv", in_shape, self.kernel_size, self.strides, self.padding)
@@ -170,10 +211,13 @@ class Conv(Layer):
     @jit_method
     def _forward(self, params, x):
         w = params["W"]
-        if self.uses_winograd(w.shape[2]):
-            pads, _ = geometry("Conv", x.shape[1:], self.kernel_size, self.strides, self.padding)
+        pads, (ho, wo) = geometry("Conv", x.shape[1:], self.kernel_size, self.strides, self.padding)
+        how = self.formulation(w.shape[2], x.shape[0] * ho * wo)
+        if how == "winograd":
             y, v = winograd.conv(x, w, pads)
             cache = (tuple(v), jnp.zeros((0, *x.shape[1:]), x.dtype))  # V, and x's shape
+        elif how == "xla":
+            y, cache = conv_xla.conv(x, w, self.strides, pads), x
         else:
             p = self._patches(x)  # (n, h_out, w_out, kh·kw·c_in)
             y = jnp.dot(p, w.reshape(-1, w.shape[-1]))  # Y = P·Wₘ
@@ -190,7 +234,8 @@ class Conv(Layer):
         w = params["W"]
         kh, kw, c_in, f = w.shape
         grads = {"b": jnp.sum(dy, axis=(0, 1, 2))} if self.use_bias else {}  # Σ dY
-        if self.uses_winograd(c_in):
+        how = self.formulation(c_in, math.prod(dy.shape[:3]))
+        if how == "winograd":
             v, shape = cache
             pads, _ = geometry(
                 "Conv", shape.shape[1:], self.kernel_size, self.strides, self.padding
@@ -199,6 +244,9 @@ class Conv(Layer):
             return {"W": dw, **grads}, dx
         x = cache
         pads, _ = geometry("Conv", x.shape[1:], self.kernel_size, self.strides, self.padding)
+        if how == "xla":
+            grads["W"], dx = conv_xla.conv_backward(x, w, dy, self.strides, pads)
+            return grads, dx
         p = self._patches(x)
         grads["W"] = jnp.dot(p.reshape(-1, p.shape[-1]).T, dy.reshape(-1, f)).reshape(w.shape)
         dp = jnp.dot(dy, w.reshape(-1, f).T)  # dP = dY·Wₘᵀ, (n, h_out, w_out, kh·kw·c_in)

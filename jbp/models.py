@@ -12,7 +12,15 @@ parameters (without BatchNorm). Reference: the Keras / flax MNIST examples' CNN.
 from jbp import combinators, conv, heads, layers, model, pool
 
 
-def cnn(in_shape=(28, 28, 1), n_classes=10, *, batchnorm=False, dropout=0.25, width=(32, 64, 128)):
+def cnn(
+    in_shape=(28, 28, 1),
+    n_classes=10,
+    *,
+    batchnorm=False,
+    dropout=0.25,
+    width=(32, 64, 128),
+    algorithm="auto",
+):
     """The small CNN above as a :class:`jbp.Network`.
 
     Args:
@@ -21,11 +29,14 @@ def cnn(in_shape=(28, 28, 1), n_classes=10, *, batchnorm=False, dropout=0.25, wi
       batchnorm: a :class:`jbp.norms.BatchNorm` after each convolution (before its relu).
       dropout: drop probability before the last dense layer (0 for none).
       width: the two convolutions' channels and the hidden dense width.
+      algorithm: the convolutions' formulation (:class:`jbp.conv.Conv`'s ``algorithm``).
     """
     c1, c2, hidden = width
     blocks = []
     for c in (c1, c2):
-        blocks.append(conv.Conv(c, (3, 3), padding="SAME", use_bias=not batchnorm))
+        blocks.append(
+            conv.Conv(c, (3, 3), padding="SAME", use_bias=not batchnorm, algorithm=algorithm)
+        )
         if batchnorm:
             from jbp import norms
 

@@ -32,6 +32,12 @@ WINOGRAD_GRID = [
     Conv(3, (3, 3), 1, p, use_bias=i % 2 == 0, algorithm="winograd")
     for i, p in enumerate(PADDINGS + [((2, 1), (0, 3))])
 ]
+# XLA's convolution with the backward written as two convolutions: every kernel, stride and
+# padding once (with a bias on every other one)
+XLA_GRID = [
+    Conv(3, k, s, p, use_bias=i % 2 == 0, algorithm="xla")
+    for i, (k, s, p) in enumerate(zip(KERNELS * 3, STRIDES * 3, PADDINGS * 3, strict=True))
+] + [Conv(2, (2, 3), (2, 1), ((2, 1), (0, 3)), algorithm="xla")]
 # windows, with strides equal to the window and smaller (overlapping windows), VALID and SAME
 POOL_GEOMETRY = [
     (w, s, p)
@@ -83,7 +89,7 @@ def _avg_ref(layer, x):
 
 
 # ------------------------------------------------------------------------ check_layer
-@pytest.mark.parametrize("layer", CONV_GRID + WINOGRAD_GRID, ids=repr)
+@pytest.mark.parametrize("layer", CONV_GRID + WINOGRAD_GRID + XLA_GRID, ids=repr)
 def test_conv_passes_check_layer(layer):
     report = _ok(jbp.check_layer(layer, IN_SHAPE, batch=2))
     names = {r.name for r in report.rows}
@@ -122,7 +128,7 @@ def test_a_tiny_cnn_passes_check_layer_as_a_whole():
 
 
 # ---------------------------------------------------------------- forwards vs lax
-@pytest.mark.parametrize("layer", CONV_GRID + WINOGRAD_GRID, ids=repr)
+@pytest.mark.parametrize("layer", CONV_GRID + WINOGRAD_GRID + XLA_GRID, ids=repr)
 def test_conv_forward_equals_lax_conv(layer):
     with jax.enable_x64(True):
         x = _x()
@@ -199,6 +205,61 @@ def test_auto_winograd_layer_passes_check_layer_and_matches_patches_in_float32()
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
     for name in ("W", "b"):
         np.testing.assert_allclose(grads[name], grads_ref[name], rtol=1e-4, atol=1e-3)
+
+
+def test_auto_never_picks_xla_on_cpu_and_xla_matches_patches_in_float32():
+    assert {Conv(8).formulation(c) for c in (1, 8, 16, 64)} == {"patches", "winograd"}
+    assert Conv(8, algorithm="xla").formulation(1) == "xla"
+    xla, patches = Conv(4, (3, 3), 2, algorithm="xla"), Conv(4, (3, 3), 2, algorithm="patches")
+    params, _, _ = xla.init(jax.random.key(0), (14, 14, 32), jnp.float32)
+    x = _x((4, 14, 14, 32)).astype(jnp.float32)
+    (y, cache, _), (y_ref, cache_ref, _) = (
+        xla.forward(params, (), x),
+        patches.forward(params, (), x),
+    )
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    (grads, dx), (grads_ref, dx_ref) = (
+        xla.backward(params, cache, y),
+        patches.backward(params, cache_ref, y_ref),
+    )
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
+    for name in ("W", "b"):
+        np.testing.assert_allclose(grads[name], grads_ref[name], rtol=1e-4, atol=1e-3)
+
+
+def test_auto_on_gpu_picks_xla_for_wide_layers_at_large_batches(monkeypatch):
+    """The measured GPU rule: cuDNN from 16 channels and 32,768 output pixels, else patches;
+    unmeasured backends keep patches."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    wide = Conv(64)
+    assert wide.formulation(32, 1024 * 14 * 14) == "xla"
+    assert wide.formulation(32, 128 * 14 * 14) == "patches"
+    assert wide.formulation(1, 1024 * 28 * 28) == "patches"
+    assert Conv(64, algorithm="winograd").formulation(32, 10**6) == "winograd"
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    assert wide.formulation(32, 1024 * 14 * 14) == "patches"
+
+
+def test_check_layer_catches_a_planted_bug_in_the_xla_backward(monkeypatch):
+    """dX correlated with the kernel unflipped: wrong for x only (W's gradient is untouched)."""
+    from jbp import conv_xla
+
+    def unflipped(x, w, dy, strides, pads):
+        dw, _ = conv_xla_backward(x, w, dy, strides, pads)
+        _, dx = conv_xla_backward(x, w[::-1, ::-1], dy, strides, pads)
+        return dw, dx
+
+    conv_xla_backward = conv_xla.conv_backward
+    layer = Conv(3, (3, 2), (2, 1), "SAME", algorithm="xla")
+    jax.clear_caches()
+    monkeypatch.setattr(conv_xla, "conv_backward", unflipped)
+    try:
+        report = jbp.check_layer(layer, IN_SHAPE, batch=2)
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()
+    assert {r.name for r in report.rows if not r.ok} == {"x"}
+    _ok(jbp.check_layer(layer, IN_SHAPE, batch=2))
 
 
 def test_check_layer_catches_a_planted_bug_in_the_winograd_backward(monkeypatch):
