@@ -21,7 +21,7 @@ Contenders (names as in the table, :data:`CONTENDERS`):
 * ``flax-nnx``: ``nnx.Conv`` / ``nnx.max_pool`` / ``nnx.Linear`` and ``nnx.Optimizer``, the step
   jitted around ``nnx.split``/``merge`` (Flax imported only when it is built).
 * ``torch``: PyTorch eager, ``nn.Conv2d`` (NCHW), ``torch.optim.Adam`` (when torch imports;
-  imported only when it is built).
+  imported only when it is built; on the GPU when JAX runs on one).
 
 Each runner has ``epoch(budget_s) -> examples trained`` and ``accuracy(x, y)``; the Python-loop
 ones stop early, at a whole mini-batch, once ``budget_s`` seconds have passed.
@@ -271,15 +271,16 @@ class TorchRunner(eager.TorchRunner):
             for lin, (kernel, bias) in zip(lins, params[2:], strict=True):
                 lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel.T)))
                 lin.bias.copy_(torch.from_numpy(np.asarray(bias)))
-        self.torch = torch
+        self.torch, self.device = torch, eager.torch_device(torch)
         self.model = nn.Sequential(
             convs[0], nn.ReLU(), nn.MaxPool2d(2), convs[1], nn.ReLU(), nn.MaxPool2d(2),
             _NhwcFlatten(torch), lins[0], nn.ReLU(), lins[1],
-        )  # fmt: skip
+        ).to(self.device)  # fmt: skip
         self.opt = torch.optim.Adam(self.model.parameters(), lr=w.lr)
         self.loss_fn = nn.CrossEntropyLoss()
-        self.x = torch.from_numpy(images(x, w).transpose(0, 3, 1, 2).copy())  # NCHW
-        self.y = torch.from_numpy(np.asarray(y, np.int64))
+        nchw = images(x, w).transpose(0, 3, 1, 2).copy()
+        self.x = torch.from_numpy(nchw).to(self.device)
+        self.y = torch.from_numpy(np.asarray(y, np.int64)).to(self.device)
         self.batch = w.batch
         self.epoch_size = (x.shape[0] // w.batch) * w.batch
         self.gen = torch.Generator().manual_seed(1)
@@ -288,7 +289,7 @@ class TorchRunner(eager.TorchRunner):
         torch = self.torch
         with torch.no_grad():
             xt = torch.from_numpy(images(x, WORKLOAD).transpose(0, 3, 1, 2).copy())
-            pred = self.model(xt).argmax(-1).numpy()
+            pred = self.model(xt.to(self.device)).argmax(-1).cpu().numpy()
         return float(np.mean(pred == np.asarray(y)))
 
 

@@ -34,8 +34,18 @@ def torch_available():
     return True
 
 
+def torch_device(torch):
+    """Where torch runs: the GPU when JAX's default backend is one and torch sees it, else the
+    CPU (so each contender runs on the same kind of device as the JAX ones)."""
+    import jax
+
+    on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
+    return torch.device("cuda" if on_gpu else "cpu")
+
+
 class TorchRunner:
-    """PyTorch eager: ``nn.Sequential`` of ``nn.Linear``, ``torch.optim``, ``randperm``."""
+    """PyTorch eager: ``nn.Sequential`` of ``nn.Linear``, ``torch.optim``, ``randperm`` (on the
+    GPU when JAX runs on one: :func:`torch_device`)."""
 
     def __init__(self, w, x, y, params, dtype):
         import torch
@@ -51,15 +61,15 @@ class TorchRunner:
             mods.append(lin)
             if i < len(params) - 1:
                 mods.append(act[w.activation]())
-        self.torch = torch
-        self.model = torch.nn.Sequential(*mods).to(tdt)
+        self.torch, self.device = torch, torch_device(torch)
+        self.model = torch.nn.Sequential(*mods).to(tdt).to(self.device)
         if w.optimizer == "sgd":
             self.opt = torch.optim.SGD(self.model.parameters(), lr=w.lr)
         else:
             self.opt = torch.optim.Adam(self.model.parameters(), lr=w.lr)
         self.loss_fn = torch.nn.CrossEntropyLoss()
-        self.x = torch.from_numpy(np.asarray(x, np.float32)).to(tdt)
-        self.y = torch.from_numpy(np.asarray(y, np.int64))
+        self.x = torch.from_numpy(np.asarray(x, np.float32)).to(tdt).to(self.device)
+        self.y = torch.from_numpy(np.asarray(y, np.int64)).to(self.device)
         self.batch = w.batch
         self.epoch_size = (x.shape[0] // w.batch) * w.batch  # the ragged tail is dropped
         self.gen = torch.Generator().manual_seed(1)
@@ -68,7 +78,7 @@ class TorchRunner:
         torch = self.torch
         t0 = time.perf_counter()
         n, b = self.x.shape[0], self.batch
-        perm = torch.randperm(n, generator=self.gen)
+        perm = torch.randperm(n, generator=self.gen).to(self.device)
         done = 0
         for i in range(n // b):
             idx = perm[i * b : (i + 1) * b]
@@ -79,13 +89,15 @@ class TorchRunner:
             done += b
             if budget_s is not None and time.perf_counter() - t0 > budget_s:
                 break
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # the steps above were only queued
         return done
 
     def accuracy(self, x, y):
         torch = self.torch
         with torch.no_grad():
-            xt = torch.from_numpy(np.asarray(x, np.float32)).to(self.x.dtype)
-            pred = self.model(xt).argmax(-1).numpy()
+            xt = torch.from_numpy(np.asarray(x, np.float32)).to(self.x.dtype).to(self.device)
+            pred = self.model(xt).argmax(-1).cpu().numpy()
         return float(np.mean(pred == np.asarray(y)))
 
 
