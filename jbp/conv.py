@@ -218,6 +218,14 @@ class Conv(Layer):
             cache = (tuple(v), jnp.zeros((0, *x.shape[1:]), x.dtype))  # V, and x's shape
         elif how == "xla":
             y, cache = conv_xla.conv(x, w, self.strides, pads), x
+        elif w.shape[2] == 1:
+            # one input channel: P·Wₘ = Σₖ Xₖ·Wₘ[k] as kh·kw broadcast multiply-adds, one fused
+            # loop that writes Y once (a matmul with K = kh·kw is memory-bound on its 12.8 MB
+            # output for the CNN's first layer; the CNN's step: 23.9 vs 25.9 ms, best of 10)
+            parts = windows(pad_input(x, pads), self.kernel_size, self.strides, (ho, wo))
+            wm = w.reshape(-1, w.shape[-1])
+            y = sum(part * wm[k] for k, part in enumerate(parts))
+            cache = x
         else:
             p = self._patches(x)  # (n, h_out, w_out, kh·kw·c_in)
             y = jnp.dot(p, w.reshape(-1, w.shape[-1]))  # Y = P·Wₘ

@@ -38,6 +38,11 @@ XLA_GRID = [
     Conv(3, k, s, p, use_bias=i % 2 == 0, algorithm="xla")
     for i, (k, s, p) in enumerate(zip(KERNELS * 3, STRIDES * 3, PADDINGS * 3, strict=True))
 ] + [Conv(2, (2, 3), (2, 1), ((2, 1), (0, 3)), algorithm="xla")]
+# one input channel (the forward as kh·kw broadcast multiply-adds instead of P·Wₘ)
+ONE_CHANNEL_GRID = [
+    Conv(3, k, s, p, use_bias=i % 2 == 1, algorithm="patches")
+    for i, (k, s, p) in enumerate(zip(KERNELS * 3, STRIDES * 3, PADDINGS * 3, strict=True))
+]
 # windows, with strides equal to the window and smaller (overlapping windows), VALID and SAME
 POOL_GEOMETRY = [
     (w, s, p)
@@ -94,6 +99,16 @@ def test_conv_passes_check_layer(layer):
     report = _ok(jbp.check_layer(layer, IN_SHAPE, batch=2))
     names = {r.name for r in report.rows}
     assert names == ({"W", "b", "x"} if layer.use_bias else {"W", "x"})
+
+
+@pytest.mark.parametrize("layer", ONE_CHANNEL_GRID, ids=repr)
+def test_one_channel_conv_passes_check_layer_and_equals_lax(layer):
+    _ok(jbp.check_layer(layer, (*IN_SHAPE[:2], 1), batch=2))
+    with jax.enable_x64(True):
+        x = _x((2, *IN_SHAPE[:2], 1))
+        params, _, _ = layer.init(jax.random.key(1), x.shape[1:], jnp.float64)
+        y, _, _ = layer.forward(params, (), x)
+        np.testing.assert_allclose(y, _conv_ref(layer, params, x), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("layer", MAX_GRID + AVG_GRID, ids=repr)
