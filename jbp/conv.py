@@ -255,8 +255,15 @@ class Conv(Layer):
         if how == "xla":
             grads["W"], dx = conv_xla.conv_backward(x, w, dy, self.strides, pads)
             return grads, dx
-        p = self._patches(x)
-        grads["W"] = jnp.dot(p.reshape(-1, p.shape[-1]).T, dy.reshape(-1, f)).reshape(w.shape)
+        if c_in == 1:
+            # dWₘ = Pᵀ·dY with Pᵀ built as kh·kw contiguous rows (a (n·h_out·w_out, kh·kw) P
+            # is a slow 9-wide interleave; the CNN's step: 23.1 vs 23.9 ms, best of 10)
+            parts = windows(pad_input(x, pads), self.kernel_size, self.strides, dy.shape[1:3])
+            pt = jnp.stack(parts).reshape(kh * kw, -1)
+            grads["W"] = jnp.dot(pt, dy.reshape(-1, f)).reshape(w.shape)
+        else:
+            p = self._patches(x)
+            grads["W"] = jnp.dot(p.reshape(-1, p.shape[-1]).T, dy.reshape(-1, f)).reshape(w.shape)
         dp = jnp.dot(dy, w.reshape(-1, f).T)  # dP = dY·Wₘᵀ, (n, h_out, w_out, kh·kw·c_in)
         parts = [dp[..., k * c_in : (k + 1) * c_in] for k in range(kh * kw)]
         dx = place(parts, self.kernel_size, self.strides, pads, x.shape[1:3])
