@@ -54,6 +54,9 @@ WINOGRAD_MIN_CHANNELS = 16
 #: on GPU, ``algorithm="auto"`` runs a Conv as XLA's convolution (cuDNN) from this many input
 #: channels and XLA_MIN_ROWS output pixels n·h_out·w_out on (measured: see below)
 XLA_MIN_CHANNELS, XLA_MIN_ROWS = 16, 32768
+#: backends on which a one-input-channel patches Conv runs its forward as kh·kw broadcast
+#: multiply-adds and builds Pᵀ for dW as contiguous rows (measured: see Conv._forward)
+ONE_CHANNEL_BACKENDS = ("cpu", "gpu")
 #: the formulations a Conv can run as ("auto" picks one, see Conv.formulation)
 ALGORITHMS = ("auto", "patches", "winograd", "xla")
 
@@ -117,7 +120,9 @@ ALGORITHMS = ("auto", "patches", "winograd", "xla")
 # 48 small matmuls and transforms are launches and memory passes). The scan costs nothing
 # on GPU (unlike XLA's CPU convolution), so the epoch is a lax.scan on every backend. Hence
 # "auto" on GPU: xla from XLA_MIN_CHANNELS channels and XLA_MIN_ROWS rows (between the
-# measured 25,088 and 50,176), else patches. TPUs were not measured: "auto" keeps patches.
+# measured 25,088 and 50,176), else patches: at batch 1024 that runs the CNN's first layer as
+# patches and its second as xla, a 6.7–7.5 ms epoch against 9.8 (all patches) and 8.4 (all xla).
+# TPUs were not measured: "auto" keeps patches.
 
 
 # --------------------------------------------------------------------------- Conv
@@ -184,6 +189,11 @@ class Conv(Layer):
             return "xla"
         return "patches"
 
+    def _one_channel(self, c_in):
+        """Patches·matrix for one input channel, on the backends where the forward as kh·kw
+        broadcast multiply-adds and Pᵀ as contiguous rows were measured faster."""
+        return c_in == 1 and jax.default_backend() in ONE_CHANNEL_BACKENDS
+
     def uses_winograd(self, c_in):
         """Whether this layer runs as F(2×2, 3×3) for ``c_in`` input channels."""
         return self.formulation(c_in) == "winograd"
@@ -218,10 +228,12 @@ class Conv(Layer):
             cache = (tuple(v), jnp.zeros((0, *x.shape[1:]), x.dtype))  # V, and x's shape
         elif how == "xla":
             y, cache = conv_xla.conv(x, w, self.strides, pads), x
-        elif w.shape[2] == 1:
+        elif self._one_channel(w.shape[2]):
             # one input channel: P·Wₘ = Σₖ Xₖ·Wₘ[k] as kh·kw broadcast multiply-adds, one fused
             # loop that writes Y once (a matmul with K = kh·kw is memory-bound on its 12.8 MB
-            # output for the CNN's first layer; the CNN's step: 23.9 vs 25.9 ms, best of 10)
+            # output for the CNN's first layer). The CNN's step on CPU: 23.9 vs 25.9 ms, best
+            # of 10; its epoch on an H200 (batch 128 / 1024, two runs each): 11.4, 11.8 vs 12.0,
+            # 12.0 ms / 6.7, 6.4 vs 6.7, 7.5 ms
             parts = windows(pad_input(x, pads), self.kernel_size, self.strides, (ho, wo))
             wm = w.reshape(-1, w.shape[-1])
             y = sum(part * wm[k] for k, part in enumerate(parts))
@@ -255,7 +267,7 @@ class Conv(Layer):
         if how == "xla":
             grads["W"], dx = conv_xla.conv_backward(x, w, dy, self.strides, pads)
             return grads, dx
-        if c_in == 1:
+        if self._one_channel(c_in):
             # dWₘ = Pᵀ·dY with Pᵀ built as kh·kw contiguous rows (a (n·h_out·w_out, kh·kw) P
             # is a slow 9-wide interleave; the CNN's step: 23.1 vs 23.9 ms, best of 10)
             parts = windows(pad_input(x, pads), self.kernel_size, self.strides, dy.shape[1:3])
