@@ -103,6 +103,7 @@ def test_conv_passes_check_layer(layer):
 
 @pytest.mark.parametrize("layer", ONE_CHANNEL_GRID, ids=repr)
 def test_one_channel_conv_passes_check_layer_and_equals_lax(layer):
+    assert layer._one_channel(1) and not layer._one_channel(2)  # the path under test, on CPU
     _ok(jbp.check_layer(layer, (*IN_SHAPE[:2], 1), batch=2))
     with jax.enable_x64(True):
         x = _x((2, *IN_SHAPE[:2], 1))
