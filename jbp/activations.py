@@ -46,8 +46,14 @@ def relu(z):
 
 
 def relu_bwd(da, z, a):
-    """dZ = dA ⊙ 1[z > 0] (the subgradient 0 is taken at z = 0, as ``jax.nn.relu`` does)."""
-    return jnp.where(z > 0, da, jnp.zeros_like(da))
+    """dZ = dA ⊙ 1[z > 0] (the subgradient 0 is taken at z = 0, as ``jax.nn.relu`` does).
+
+    The mask is read from the output, 1[y > 0] = 1[z > 0] for y = max(z, 0) (NaN: false in
+    both): XLA then needs no Z in the backward and does not recompute a convolution's
+    forward inside the backward's loop to get it (the CNN's step on CPU: 2 % faster,
+    `jbp bench`, three alternating runs each).
+    """
+    return jnp.where(a > 0, da, jnp.zeros_like(da))
 
 
 def leaky_relu(z):
